@@ -1,0 +1,448 @@
+//! Reading and writing block-I/O throttles in a container's cgroup.
+//!
+//! cgroup v1 keeps one file per knob (`blkio.throttle.read_iops_device`, one
+//! `MAJ:MIN value` line per device, `0` removes a limit); cgroup v2 keeps all
+//! knobs of a device on one `io.max` line. Callers deal in [`DeviceLimits`]
+//! and never see the difference.
+//!
+//! Writes are idempotent: current values are read first and only knobs that
+//! differ are written, so running twice changes nothing and the returned
+//! [`Change`] list says exactly what the run did.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use thiserror::Error;
+
+use crate::device::{Device, DeviceLimits};
+use crate::limits::{Knob, Limits};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    V1,
+    V2,
+}
+
+impl fmt::Display for CgroupVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CgroupVersion::V1 => "v1",
+            CgroupVersion::V2 => "v2",
+        })
+    }
+}
+
+/// The admin's choice: detect, or insist on one version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CgroupMode {
+    #[default]
+    Auto,
+    Only(CgroupVersion),
+}
+
+impl FromStr for CgroupMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(CgroupMode::Auto),
+            "v1" | "1" => Ok(CgroupMode::Only(CgroupVersion::V1)),
+            "v2" | "2" => Ok(CgroupMode::Only(CgroupVersion::V2)),
+            _ => Err(format!("expected auto, v1 or v2, found {s:?}")),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum CgroupError {
+    #[error("no cgroup hierarchy with the block-I/O controller: expected {expected}, found {found}")]
+    NoIoController { expected: &'static str, found: String },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {value:?} to {path}: {source}")]
+    Write { path: PathBuf, value: String, source: std::io::Error },
+    #[error("process {pid} has no {version} block-I/O cgroup in {path}: expected a line for {expected}, found {found:?}")]
+    NoCgroupForPid { pid: u32, version: CgroupVersion, path: PathBuf, expected: &'static str, found: String },
+    #[error("process {pid}'s cgroup {cgroup} is outside the {version} hierarchy mounted at {mount} (mount root {root})")]
+    OutsideMount { pid: u32, version: CgroupVersion, cgroup: String, mount: PathBuf, root: String },
+    #[error("{path}: expected lines of \"MAJ:MIN value\", found {line:?}")]
+    BadFile { path: PathBuf, line: String },
+    #[error("{path} does not exist: on cgroup v2 the io controller must be enabled in the parent's cgroup.subtree_control")]
+    NoIoMax { path: PathBuf },
+}
+
+/// A container's cgroup directory in the hierarchy that carries block I/O.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupPath(PathBuf);
+
+impl CgroupPath {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        CgroupPath(dir.into())
+    }
+    pub fn as_path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl fmt::Display for CgroupPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.display().fmt(f)
+    }
+}
+
+/// One knob of one device that a write changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub device: Device,
+    pub knob: Knob,
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |v: Option<u64>| v.map_or("max".to_string(), |v| v.to_string());
+        write!(f, "{} {} {} -> {}", self.device, self.knob.io_max_key(), show(self.from), show(self.to))
+    }
+}
+
+/// The mounted hierarchy that carries block I/O on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupFs {
+    pub version: CgroupVersion,
+    /// Where the hierarchy is mounted (`/sys/fs/cgroup/blkio`, `/sys/fs/cgroup`).
+    pub mount: PathBuf,
+    /// The cgroup the mount shows as its root (`/` unless mounted from
+    /// inside a cgroup namespace).
+    pub root: String,
+    proc: PathBuf,
+}
+
+impl CgroupFs {
+    pub fn new(version: CgroupVersion, mount: impl Into<PathBuf>) -> Self {
+        CgroupFs {
+            version,
+            mount: mount.into(),
+            root: "/".into(),
+            proc: PathBuf::from("/proc"),
+        }
+    }
+
+    /// Uses another `/proc` (tests fake `/proc/<pid>/cgroup`).
+    pub fn with_proc(mut self, proc: impl Into<PathBuf>) -> Self {
+        self.proc = proc.into();
+        self
+    }
+
+    /// Finds the block-I/O hierarchy from this process's mount table.
+    pub fn detect(mode: CgroupMode) -> Result<Self, CgroupError> {
+        let path = PathBuf::from("/proc/self/mountinfo");
+        let text = std::fs::read_to_string(&path).map_err(|source| CgroupError::Read { path, source })?;
+        Self::from_mountinfo(&text, mode, |mount| {
+            std::fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default()
+        })
+    }
+
+    /// v1 `blkio` wins in `auto` mode: on a hybrid host the kernel binds the
+    /// controller to v1, and a cgroup2 mount then cannot throttle at all.
+    pub fn from_mountinfo(
+        mountinfo: &str,
+        mode: CgroupMode,
+        controllers_of: impl Fn(&Path) -> String,
+    ) -> Result<Self, CgroupError> {
+        let mut v1 = None;
+        let mut v2 = None;
+        let mut seen = Vec::new();
+        for line in mountinfo.lines() {
+            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let l: Vec<&str> = left.split(' ').collect();
+            let r: Vec<&str> = right.split(' ').collect();
+            if l.len() < 5 || r.len() < 3 {
+                continue;
+            }
+            let (root, mount, fstype, superopts) = (l[3], unescape(l[4]), r[0], r[2]);
+            match fstype {
+                "cgroup" => {
+                    seen.push(format!("cgroup v1 at {} ({superopts})", mount.display()));
+                    if v1.is_none() && superopts.split(',').any(|o| o == "blkio") {
+                        v1 = Some((mount, root.to_string()));
+                    }
+                }
+                "cgroup2" => {
+                    let ctrls = controllers_of(&mount);
+                    seen.push(format!("cgroup2 at {} (controllers: {})", mount.display(), ctrls.trim()));
+                    if v2.is_none() && ctrls.split_whitespace().any(|c| c == "io") {
+                        v2 = Some((mount, root.to_string()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let found = if seen.is_empty() { "no cgroup mounts".to_string() } else { seen.join("; ") };
+        let pick = |version, m: Option<(PathBuf, String)>, expected| {
+            m.map(|(mount, root)| CgroupFs { version, mount, root, proc: PathBuf::from("/proc") })
+                .ok_or(CgroupError::NoIoController { expected, found: found.clone() })
+        };
+        const V1: &str = "a cgroup v1 mount with the blkio controller";
+        const V2: &str = "a cgroup2 mount whose cgroup.controllers lists io";
+        match mode {
+            CgroupMode::Only(CgroupVersion::V1) => pick(CgroupVersion::V1, v1, V1),
+            CgroupMode::Only(CgroupVersion::V2) => pick(CgroupVersion::V2, v2, V2),
+            CgroupMode::Auto => match v1 {
+                Some(m) => pick(CgroupVersion::V1, Some(m), V1),
+                None => pick(CgroupVersion::V2, v2, "a cgroup v1 blkio mount or a cgroup2 mount whose cgroup.controllers lists io"),
+            },
+        }
+    }
+
+    /// The block-I/O cgroup of a running process, whichever cgroup driver
+    /// (cgroupfs or systemd) named it.
+    pub fn cgroup_of_pid(&self, pid: u32) -> Result<CgroupPath, CgroupError> {
+        let path = self.proc.join(pid.to_string()).join("cgroup");
+        let text = std::fs::read_to_string(&path).map_err(|source| CgroupError::Read { path: path.clone(), source })?;
+        let (expected, rel) = match self.version {
+            CgroupVersion::V1 => (
+                "hierarchy-id:...blkio...:/path",
+                text.lines().find_map(|l| {
+                    let mut parts = l.splitn(3, ':');
+                    let (_, ctrls, p) = (parts.next()?, parts.next()?, parts.next()?);
+                    ctrls.split(',').any(|c| c == "blkio").then_some(p)
+                }),
+            ),
+            CgroupVersion::V2 => ("0::/path", text.lines().find_map(|l| l.strip_prefix("0::"))),
+        };
+        let rel = rel.ok_or_else(|| CgroupError::NoCgroupForPid {
+            pid,
+            version: self.version,
+            path: path.clone(),
+            expected,
+            found: text.trim().to_string(),
+        })?;
+        let inside = if self.root == "/" {
+            Some(rel)
+        } else {
+            rel.strip_prefix(self.root.as_str()).filter(|r| r.is_empty() || r.starts_with('/'))
+        };
+        let inside = inside.ok_or_else(|| CgroupError::OutsideMount {
+            pid,
+            version: self.version,
+            cgroup: rel.to_string(),
+            mount: self.mount.clone(),
+            root: self.root.clone(),
+        })?;
+        Ok(CgroupPath(self.mount.join(inside.trim_start_matches('/'))))
+    }
+
+    /// The cgroup directory for a path relative to the hierarchy root, as in
+    /// an OCI spec's `linux.cgroupsPath` with the cgroupfs driver.
+    pub fn cgroup_at(&self, relative: &str) -> CgroupPath {
+        CgroupPath(self.mount.join(relative.trim_start_matches('/')))
+    }
+
+    /// Current limits of one device in a cgroup.
+    pub fn read_limits(&self, cg: &CgroupPath, device: Device) -> Result<Limits, CgroupError> {
+        match self.version {
+            CgroupVersion::V1 => {
+                let mut limits = Limits::UNLIMITED;
+                for knob in Knob::ALL {
+                    let path = cg.0.join(knob.v1_file());
+                    limits.set(knob, read_v1_file(&path)?.into_iter().find(|(d, _)| *d == device).map(|(_, v)| v));
+                }
+                Ok(limits)
+            }
+            CgroupVersion::V2 => {
+                let path = cg.0.join("io.max");
+                Ok(read_io_max(&path)?
+                    .into_iter()
+                    .find(|l| l.device == device)
+                    .map_or(Limits::UNLIMITED, |l| l.limits))
+            }
+        }
+    }
+
+    /// Makes the cgroup carry exactly these limits for these devices;
+    /// returns what had to change (empty when it already did).
+    pub fn write_limits(&self, cg: &CgroupPath, wanted: &[DeviceLimits]) -> Result<Vec<Change>, CgroupError> {
+        let mut changes = Vec::new();
+        for dl in wanted {
+            let current = self.read_limits(cg, dl.device)?;
+            let diff: Vec<Change> = Knob::ALL
+                .into_iter()
+                .filter(|k| current.get(*k) != dl.limits.get(*k))
+                .map(|knob| Change { device: dl.device, knob, from: current.get(knob), to: dl.limits.get(knob) })
+                .collect();
+            if diff.is_empty() {
+                continue;
+            }
+            match self.version {
+                CgroupVersion::V1 => {
+                    for c in &diff {
+                        // 0 is v1's way of removing a device's limit.
+                        write_file(&cg.0.join(c.knob.v1_file()), &format!("{} {}", c.device, c.to.unwrap_or(0)))?;
+                    }
+                }
+                // io.max takes one device per write, all keys at once.
+                CgroupVersion::V2 => write_file(&cg.0.join("io.max"), &dl.to_string())?,
+            }
+            changes.extend(diff);
+        }
+        Ok(changes)
+    }
+}
+
+fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(|source| CgroupError::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source,
+    })
+}
+
+fn read_v1_file(path: &Path) -> Result<Vec<(Device, u64)>, CgroupError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CgroupError::Read { path: path.to_path_buf(), source })?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let bad = || CgroupError::BadFile { path: path.to_path_buf(), line: line.to_string() };
+            let (d, v) = line.split_once(' ').ok_or_else(bad)?;
+            Ok((d.parse().map_err(|_| bad())?, v.trim().parse().map_err(|_| bad())?))
+        })
+        .collect()
+}
+
+fn read_io_max(path: &Path) -> Result<Vec<DeviceLimits>, CgroupError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CgroupError::NoIoMax { path: path.to_path_buf() })
+        }
+        Err(source) => return Err(CgroupError::Read { path: path.to_path_buf(), source }),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            line.parse()
+                .map_err(|_| CgroupError::BadFile { path: path.to_path_buf(), line: line.to_string() })
+        })
+        .collect()
+}
+
+/// mountinfo escapes spaces and friends as octal (`\040`).
+fn unescape(field: &str) -> PathBuf {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+38 31 0:35 / /sys/fs/cgroup/blkio rw,relatime - cgroup cgroup rw,blkio
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const PURE_V2: &str = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+
+    fn ctrls(io_on: &'static str) -> impl Fn(&Path) -> String {
+        move |p: &Path| if p == Path::new(io_on) { "cpu io memory".into() } else { "hugetlb".into() }
+    }
+
+    #[test]
+    fn hybrid_host_uses_v1_blkio() {
+        let fs = CgroupFs::from_mountinfo(HYBRID, CgroupMode::Auto, ctrls("/nowhere")).unwrap();
+        assert_eq!(fs.version, CgroupVersion::V1);
+        assert_eq!(fs.mount, Path::new("/sys/fs/cgroup/blkio"));
+        let e = CgroupFs::from_mountinfo(HYBRID, CgroupMode::Only(CgroupVersion::V2), ctrls("/nowhere")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("expected a cgroup2 mount whose cgroup.controllers lists io"), "{msg}");
+        assert!(msg.contains("cgroup2 at /sys/fs/cgroup/unified (controllers: hugetlb)"), "{msg}");
+    }
+
+    #[test]
+    fn pure_v2_host_uses_io_max() {
+        let fs = CgroupFs::from_mountinfo(PURE_V2, CgroupMode::Auto, ctrls("/sys/fs/cgroup")).unwrap();
+        assert_eq!(fs.version, CgroupVersion::V2);
+        assert_eq!(fs.mount, Path::new("/sys/fs/cgroup"));
+    }
+
+    fn fake_proc(pid: u32, content: &str) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join(pid.to_string())).unwrap();
+        std::fs::write(t.path().join(format!("{pid}/cgroup")), content).unwrap();
+        t
+    }
+
+    #[test]
+    fn finds_cgroup_of_pid_for_both_drivers() {
+        let p = fake_proc(42, "7:blkio:/kubepods/besteffort/podabc/0123\n4:memory:/x\n0::/\n");
+        let fs = CgroupFs::new(CgroupVersion::V1, "/sys/fs/cgroup/blkio").with_proc(p.path());
+        assert_eq!(
+            fs.cgroup_of_pid(42).unwrap().as_path(),
+            Path::new("/sys/fs/cgroup/blkio/kubepods/besteffort/podabc/0123")
+        );
+        let p = fake_proc(7, "0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-ab.scope\n");
+        let fs = CgroupFs::new(CgroupVersion::V2, "/sys/fs/cgroup").with_proc(p.path());
+        assert_eq!(
+            fs.cgroup_of_pid(7).unwrap().as_path(),
+            Path::new("/sys/fs/cgroup/kubepods.slice/kubepods-pod1.slice/cri-containerd-ab.scope")
+        );
+        let e = CgroupFs::new(CgroupVersion::V1, "/x").with_proc(p.path()).cgroup_of_pid(7).unwrap_err();
+        assert!(e.to_string().contains("expected a line for hierarchy-id:...blkio...:/path"), "{e}");
+    }
+
+    #[test]
+    fn v1_writes_only_what_differs_and_is_idempotent() {
+        let t = tempfile::tempdir().unwrap();
+        for k in Knob::ALL {
+            std::fs::write(t.path().join(k.v1_file()), "").unwrap();
+        }
+        // A real cgroup file keeps per-device lines; the fake just records the
+        // last write, which is enough to observe what was written.
+        let fs = CgroupFs::new(CgroupVersion::V1, t.path());
+        let cg = CgroupPath::new(t.path());
+        let want: DeviceLimits = "7:0 riops=500".parse().unwrap();
+        let changes = fs.write_limits(&cg, &[want]).unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].to_string(), "7:0 riops max -> 500");
+        assert_eq!(std::fs::read_to_string(t.path().join("blkio.throttle.read_iops_device")).unwrap(), "7:0 500");
+        assert_eq!(fs.read_limits(&cg, want.device).unwrap(), want.limits);
+        assert!(fs.write_limits(&cg, &[want]).unwrap().is_empty(), "second run must change nothing");
+    }
+
+    #[test]
+    fn v2_writes_one_line_per_device() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("io.max"), "").unwrap();
+        let fs = CgroupFs::new(CgroupVersion::V2, t.path());
+        let cg = CgroupPath::new(t.path());
+        let want: DeviceLimits = "8:0 riops=100 wbps=1Mi".parse().unwrap();
+        assert_eq!(fs.write_limits(&cg, &[want]).unwrap().len(), 2);
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("io.max")).unwrap(),
+            "8:0 riops=100 wiops=max rbps=max wbps=1048576"
+        );
+        let missing = CgroupPath::new(t.path().join("nope"));
+        let e = fs.write_limits(&missing, &[want]).unwrap_err().to_string();
+        assert!(e.contains("io controller must be enabled"), "{e}");
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape("/a\\040b"), Path::new("/a b"));
+        assert_eq!(unescape("/plain"), Path::new("/plain"));
+    }
+}
