@@ -61,13 +61,19 @@ pub enum CgroupError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("cannot write {value:?} to {path}: {source}")]
     Write { path: PathBuf, value: String, source: std::io::Error },
-    #[error("process {pid} has no {version} block-I/O cgroup in {path}: expected a line for {expected}, found {found:?}")]
+    #[error(
+        "process {pid} has no {version} block-I/O cgroup in {path}: expected a line for {expected}, found {found:?}"
+    )]
     NoCgroupForPid { pid: u32, version: CgroupVersion, path: PathBuf, expected: &'static str, found: String },
-    #[error("process {pid}'s cgroup {cgroup} is outside the {version} hierarchy mounted at {mount} (mount root {root})")]
+    #[error(
+        "process {pid}'s cgroup {cgroup} is outside the {version} hierarchy mounted at {mount} (mount root {root})"
+    )]
     OutsideMount { pid: u32, version: CgroupVersion, cgroup: String, mount: PathBuf, root: String },
     #[error("{path}: expected lines of \"MAJ:MIN value\", found {line:?}")]
     BadFile { path: PathBuf, line: String },
-    #[error("{path} does not exist: on cgroup v2 the io controller must be enabled in the parent's cgroup.subtree_control")]
+    #[error(
+        "{path} does not exist: on cgroup v2 the io controller must be enabled in the parent's cgroup.subtree_control"
+    )]
     NoIoMax { path: PathBuf },
 }
 
@@ -120,12 +126,7 @@ pub struct CgroupFs {
 
 impl CgroupFs {
     pub fn new(version: CgroupVersion, mount: impl Into<PathBuf>) -> Self {
-        CgroupFs {
-            version,
-            mount: mount.into(),
-            root: "/".into(),
-            proc: PathBuf::from("/proc"),
-        }
+        CgroupFs { version, mount: mount.into(), root: "/".into(), proc: PathBuf::from("/proc") }
     }
 
     /// Uses another `/proc` (tests fake `/proc/<pid>/cgroup`).
@@ -190,7 +191,11 @@ impl CgroupFs {
             CgroupMode::Only(CgroupVersion::V2) => pick(CgroupVersion::V2, v2, V2),
             CgroupMode::Auto => match v1 {
                 Some(m) => pick(CgroupVersion::V1, Some(m), V1),
-                None => pick(CgroupVersion::V2, v2, "a cgroup v1 blkio mount or a cgroup2 mount whose cgroup.controllers lists io"),
+                None => pick(
+                    CgroupVersion::V2,
+                    v2,
+                    "a cgroup v1 blkio mount or a cgroup2 mount whose cgroup.controllers lists io",
+                ),
             },
         }
     }
@@ -252,10 +257,7 @@ impl CgroupFs {
             }
             CgroupVersion::V2 => {
                 let path = cg.0.join("io.max");
-                Ok(read_io_max(&path)?
-                    .into_iter()
-                    .find(|l| l.device == device)
-                    .map_or(Limits::UNLIMITED, |l| l.limits))
+                Ok(read_io_max(&path)?.into_iter().find(|l| l.device == device).map_or(Limits::UNLIMITED, |l| l.limits))
             }
         }
     }
@@ -299,7 +301,8 @@ fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
 }
 
 fn read_v1_file(path: &Path) -> Result<Vec<(Device, u64)>, CgroupError> {
-    let text = std::fs::read_to_string(path).map_err(|source| CgroupError::Read { path: path.to_path_buf(), source })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| CgroupError::Read { path: path.to_path_buf(), source })?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
@@ -320,10 +323,7 @@ fn read_io_max(path: &Path) -> Result<Vec<DeviceLimits>, CgroupError> {
     };
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            line.parse()
-                .map_err(|_| CgroupError::BadFile { path: path.to_path_buf(), line: line.to_string() })
-        })
+        .map(|line| line.parse().map_err(|_| CgroupError::BadFile { path: path.to_path_buf(), line: line.to_string() }))
         .collect()
 }
 

@@ -52,11 +52,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        let defaults = Limits {
-            read_iops: Some(DEFAULT_IOPS),
-            write_iops: Some(DEFAULT_IOPS),
-            ..Limits::UNLIMITED
-        };
+        let defaults = Limits { read_iops: Some(DEFAULT_IOPS), write_iops: Some(DEFAULT_IOPS), ..Limits::UNLIMITED };
         Config {
             defaults,
             mounts: vec![PathBuf::from(DEFAULT_DATA_MOUNT)],
@@ -168,13 +164,26 @@ impl Config {
     /// Built-in defaults, then `file` if given, then the environment
     /// (`env` is `std::env::var` in production, a map in tests).
     pub fn load(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let mut config = Config::default();
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-            config
-                .merge_toml(&text)
-                .map_err(|message| ConfigError::Parse { path: path.into(), message })?;
+        match file {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                Config::from_toml(&text, path, env)
+            }
+            None => {
+                let mut config = Config::default();
+                config.merge_env(env)?;
+                Ok(config)
+            }
         }
+    }
+
+    /// Built-in defaults, then TOML `text` (which came from `origin`, named
+    /// in errors), then the environment. The NRI plugin uses this for the
+    /// config containerd hands a pre-registered plugin in `Configure`.
+    pub fn from_toml(text: &str, origin: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        config.merge_toml(text).map_err(|message| ConfigError::Parse { path: origin.into(), message })?;
         config.merge_env(env)?;
         Ok(config)
     }
@@ -241,9 +250,11 @@ impl Config {
         let limit = |name: &'static str| -> Result<Option<Option<u64>>, ConfigError> {
             env(name)
                 .map(|v| {
-                    quantity::parse(&v)
-                        .map(|q| q.as_option())
-                        .map_err(|e| ConfigError::Env { name, value: v.clone(), reason: e.to_string() })
+                    quantity::parse(&v).map(|q| q.as_option()).map_err(|e| ConfigError::Env {
+                        name,
+                        value: v.clone(),
+                        reason: e.to_string(),
+                    })
                 })
                 .transpose()
         };
@@ -280,12 +291,15 @@ impl Config {
             self.exempt_namespaces = split_list(&v);
         }
         if let Some(v) = env("CGROUP_VERSION") {
-            self.cgroup_mode = v
-                .parse()
-                .map_err(|reason| ConfigError::Env { name: "CGROUP_VERSION", value: v.clone(), reason })?;
+            self.cgroup_mode =
+                v.parse().map_err(|reason| ConfigError::Env { name: "CGROUP_VERSION", value: v.clone(), reason })?;
         }
         if let Some(v) = env("IOGATE_STRICT") {
-            self.strict = parse_bool(&v).map_err(|reason| ConfigError::Env { name: "IOGATE_STRICT", value: v.clone(), reason })?;
+            self.strict = parse_bool(&v).map_err(|reason| ConfigError::Env {
+                name: "IOGATE_STRICT",
+                value: v.clone(),
+                reason,
+            })?;
         }
         if let Some(v) = env("IOGATE_HOOK_PATH") {
             self.hook_path = PathBuf::from(v);

@@ -51,7 +51,9 @@ pub enum DeviceError {
     Mount { path: PathBuf, reason: String },
     #[error("device {spec}: {reason}")]
     Device { spec: String, reason: String },
-    #[error("expected an io.max line \"MAJ:MIN key=value...\" with keys riops, wiops, rbps, wbps, found {line:?}: {reason}")]
+    #[error(
+        "expected an io.max line \"MAJ:MIN key=value...\" with keys riops, wiops, rbps, wbps, found {line:?}: {reason}"
+    )]
     BadIoMax { line: String, reason: String },
 }
 
@@ -90,10 +92,7 @@ impl FromStr for DeviceLimits {
 
     /// Keys that are absent stay unlimited, as in the kernel's `io.max`.
     fn from_str(line: &str) -> Result<Self, Self::Err> {
-        let bad = |reason: String| DeviceError::BadIoMax {
-            line: line.to_string(),
-            reason,
-        };
+        let bad = |reason: String| DeviceError::BadIoMax { line: line.to_string(), reason };
         let mut words = line.split_whitespace();
         let device: Device = words
             .next()
@@ -102,9 +101,7 @@ impl FromStr for DeviceLimits {
             .map_err(|e: DeviceError| bad(e.to_string()))?;
         let mut limits = Limits::UNLIMITED;
         for word in words {
-            let (key, value) = word
-                .split_once('=')
-                .ok_or_else(|| bad(format!("{word:?} is not key=value")))?;
+            let (key, value) = word.split_once('=').ok_or_else(|| bad(format!("{word:?} is not key=value")))?;
             let knob = Knob::from_io_max_key(key).ok_or_else(|| bad(format!("unknown key {key:?}")))?;
             let q = quantity::parse(value).map_err(|e| bad(format!("{key}: {e}")))?;
             limits.set(knob, q.as_option());
@@ -122,17 +119,13 @@ pub struct DeviceResolver {
 
 impl Default for DeviceResolver {
     fn default() -> Self {
-        DeviceResolver {
-            sys_dev_block: PathBuf::from("/sys/dev/block"),
-        }
+        DeviceResolver { sys_dev_block: PathBuf::from("/sys/dev/block") }
     }
 }
 
 impl DeviceResolver {
     pub fn with_sys_dev_block(dir: impl Into<PathBuf>) -> Self {
-        DeviceResolver {
-            sys_dev_block: dir.into(),
-        }
+        DeviceResolver { sys_dev_block: dir.into() }
     }
 
     /// The whole disk holding the filesystem that `path` is on.
@@ -166,10 +159,8 @@ impl DeviceResolver {
         } else {
             spec.parse()?
         };
-        self.whole_disk(dev).map_err(|reason| DeviceError::Device {
-            spec: spec.to_string(),
-            reason: format!("device {dev} {reason}"),
-        })
+        self.whole_disk(dev)
+            .map_err(|reason| DeviceError::Device { spec: spec.to_string(), reason: format!("device {dev} {reason}") })
     }
 
     /// Maps a partition to its parent disk; keeps a whole disk (or a
@@ -190,9 +181,7 @@ impl DeviceResolver {
             .ok_or_else(|| format!("a partition whose parent disk could not be found from {}", real.display()))?;
         let text = std::fs::read_to_string(parent.join("dev"))
             .map_err(|e| format!("a partition whose parent disk {} has no readable dev file: {e}", parent.display()))?;
-        text.trim()
-            .parse()
-            .map_err(|e: DeviceError| format!("a partition whose parent disk has a bad dev file: {e}"))
+        text.trim().parse().map_err(|e: DeviceError| format!("a partition whose parent disk has a bad dev file: {e}"))
     }
 }
 
@@ -258,10 +247,7 @@ mod tests {
 
     #[test]
     fn missing_mount_is_a_clear_error() {
-        let e = DeviceResolver::default()
-            .resolve_mount(Path::new("/definitely/not/here"))
-            .unwrap_err()
-            .to_string();
+        let e = DeviceResolver::default().resolve_mount(Path::new("/definitely/not/here")).unwrap_err().to_string();
         assert!(e.starts_with("data mount /definitely/not/here: expected an existing directory"), "{e}");
     }
 

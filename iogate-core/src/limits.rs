@@ -70,12 +70,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub const UNLIMITED: Limits = Limits {
-        read_iops: None,
-        write_iops: None,
-        read_bps: None,
-        write_bps: None,
-    };
+    pub const UNLIMITED: Limits = Limits { read_iops: None, write_iops: None, read_bps: None, write_bps: None };
 
     pub fn get(&self, knob: Knob) -> Option<u64> {
         match knob {
@@ -129,11 +124,7 @@ mod tests {
 
     #[test]
     fn display_is_io_max_body() {
-        let l = Limits {
-            read_iops: Some(500),
-            write_bps: Some(10 << 20),
-            ..Limits::UNLIMITED
-        };
+        let l = Limits { read_iops: Some(500), write_bps: Some(10 << 20), ..Limits::UNLIMITED };
         assert_eq!(l.to_string(), "riops=500 wiops=max rbps=max wbps=10485760");
     }
 

@@ -95,9 +95,13 @@ impl Enforce {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Left alone: a sandbox, an excluded namespace, a keyword match.
-    Excluded { reason: String },
+    Excluded {
+        reason: String,
+    },
     /// The pod exempted itself, in a namespace allowed to.
-    Exempt { reason: String },
+    Exempt {
+        reason: String,
+    },
     Enforce(Enforce),
 }
 
@@ -136,7 +140,9 @@ impl Policy {
         }
         if let Some(ex) = overrides.exempt.as_ref().filter(|e| e.value) {
             if self.config.may_exempt(c.namespace) {
-                return Ok(Decision::Exempt { reason: format!("annotation {}=\"{}\"", ex.source.key, ex.source.value) });
+                return Ok(Decision::Exempt {
+                    reason: format!("annotation {}=\"{}\"", ex.source.key, ex.source.value),
+                });
             }
             warnings.push(format!(
                 "annotation {}=\"{}\": namespace {} may not exempt its pods (not in exemptions.namespaces); limits applied",
@@ -179,7 +185,8 @@ impl Policy {
         if self.config.exclude_namespaces.iter().any(|n| n == c.namespace) {
             return Some(format!("namespace {} is excluded", c.namespace));
         }
-        let fields = [("container name", c.container), ("image", c.image), ("pod name", c.pod), ("namespace", c.namespace)];
+        let fields =
+            [("container name", c.container), ("image", c.image), ("pod name", c.pod), ("namespace", c.namespace)];
         self.config.exclude_keywords.iter().find_map(|kw| {
             fields
                 .iter()
@@ -232,7 +239,10 @@ mod tests {
         let e = enforced(decide(&policy(|_| {}), "web", "app", &[]));
         assert_eq!(e.device_limits()[0].to_string(), "7:0 riops=500 wiops=500 rbps=max wbps=max");
         assert!(e.warnings.is_empty());
-        assert_eq!(e.explain(), "read-iops=500 (default), write-iops=500 (default), read-bps=max (default), write-bps=max (default)");
+        assert_eq!(
+            e.explain(),
+            "read-iops=500 (default), write-iops=500 (default), read-bps=max (default), write-bps=max (default)"
+        );
     }
 
     #[test]
@@ -241,13 +251,17 @@ mod tests {
             c.default_ceiling.read_iops = Some(1000);
             c.default_ceiling.write_bps = Some(50 << 20);
         });
-        let e = enforced(decide(&p, "web", "app", &[("iogate.io/read-iops", "5000"), ("iogate.io/write-iops.app", "100")]));
+        let e =
+            enforced(decide(&p, "web", "app", &[("iogate.io/read-iops", "5000"), ("iogate.io/write-iops.app", "100")]));
         assert_eq!(e.limits.read_iops, Some(1000));
         assert_eq!(e.limits.write_iops, Some(100));
         // Unlimited by default but capped by the ceiling.
         assert_eq!(e.limits.write_bps, Some(50 << 20));
         assert!(
-            e.warnings.iter().any(|w| w == "read-iops: asked 5000 by iogate.io/read-iops, clamped to the ceiling 1000 of namespace web"),
+            e.warnings
+                .iter()
+                .any(|w| w
+                    == "read-iops: asked 5000 by iogate.io/read-iops, clamped to the ceiling 1000 of namespace web"),
             "{:?}",
             e.warnings
         );
@@ -255,11 +269,20 @@ mod tests {
 
     #[test]
     fn malformed_annotation_keeps_the_default_and_warns() {
-        let e = enforced(decide(&policy(|_| {}), "web", "app", &[("iogate.io/read-iops", "fast"), ("iogate.io/write-iops", "100")]));
+        let e = enforced(decide(
+            &policy(|_| {}),
+            "web",
+            "app",
+            &[("iogate.io/read-iops", "fast"), ("iogate.io/write-iops", "100")],
+        ));
         assert_eq!(e.limits.read_iops, Some(500), "the limit must never be dropped");
         assert_eq!(e.limits.write_iops, Some(100), "valid overrides still apply");
         assert_eq!(e.warnings.len(), 1);
-        assert!(e.warnings[0].starts_with("annotation iogate.io/read-iops=\"fast\": expected a whole number"), "{:?}", e.warnings);
+        assert!(
+            e.warnings[0].starts_with("annotation iogate.io/read-iops=\"fast\": expected a whole number"),
+            "{:?}",
+            e.warnings
+        );
         assert!(e.warnings[0].ends_with("using the default for it"));
     }
 
@@ -274,7 +297,10 @@ mod tests {
     #[test]
     fn exemption_only_where_allowed() {
         let p = policy(|c| c.exempt_namespaces = vec!["monitoring".into()]);
-        assert!(matches!(decide(&p, "monitoring", "app", &[("iogate.io/exempt", "true")]), Ok(Decision::Exempt { .. })));
+        assert!(matches!(
+            decide(&p, "monitoring", "app", &[("iogate.io/exempt", "true")]),
+            Ok(Decision::Exempt { .. })
+        ));
         let e = enforced(decide(&p, "web", "app", &[("iogate.io/exempt", "true")]));
         assert_eq!(e.limits.read_iops, Some(500));
         assert!(e.warnings[0].contains("namespace web may not exempt its pods"), "{:?}", e.warnings);
@@ -286,11 +312,17 @@ mod tests {
     fn exclusions() {
         let p = policy(|c| c.exclude_namespaces = vec!["infra".into()]);
         let d = decide(&p, "web", "istio-proxy", &[]).unwrap();
-        assert_eq!(d, Decision::Excluded { reason: "container name \"istio-proxy\" contains excluded keyword \"istio-proxy\"".into() });
+        assert_eq!(
+            d,
+            Decision::Excluded {
+                reason: "container name \"istio-proxy\" contains excluded keyword \"istio-proxy\"".into()
+            }
+        );
         assert!(matches!(decide(&p, "kube-system", "coredns", &[]), Ok(Decision::Excluded { .. })));
         assert!(matches!(decide(&p, "infra", "app", &[]), Ok(Decision::Excluded { .. })));
         let a = HashMap::new();
-        let sandbox = ContainerInfo { namespace: "web", pod: "p", container: "", image: "", is_sandbox: true, annotations: &a };
+        let sandbox =
+            ContainerInfo { namespace: "web", pod: "p", container: "", image: "", is_sandbox: true, annotations: &a };
         assert_eq!(p.decide(&sandbox).unwrap(), Decision::Excluded { reason: "pod sandbox".into() });
     }
 }

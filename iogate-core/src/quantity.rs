@@ -10,13 +10,17 @@ use thiserror::Error;
 /// Why a quantity could not be parsed; the message says what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum QuantityError {
-    #[error("expected a whole number with an optional suffix (k, M, G, T, Ki, Mi, Gi, Ti) or \"max\", found an empty value")]
+    #[error(
+        "expected a whole number with an optional suffix (k, M, G, T, Ki, Mi, Gi, Ti) or \"max\", found an empty value"
+    )]
     Empty,
     #[error("expected a whole number with an optional suffix (k, M, G, T, Ki, Mi, Gi, Ti) or \"max\", found {0:?}")]
     Malformed(String),
     #[error("expected a value that fits in 64 bits, found {0:?}")]
     Overflow(String),
-    #[error("expected a limit above zero (zero would mean \"no limit\" to the kernel; write \"max\" for that), found {0:?}")]
+    #[error(
+        "expected a limit above zero (zero would mean \"no limit\" to the kernel; write \"max\" for that), found {0:?}"
+    )]
     Zero(String),
 }
 
@@ -58,19 +62,12 @@ pub fn parse(text: &str) -> Result<Quantity, QuantityError> {
     if t.eq_ignore_ascii_case("max") || t.eq_ignore_ascii_case("unlimited") {
         return Ok(Quantity::Unlimited);
     }
-    let (digits, multiplier) = SUFFIXES
-        .iter()
-        .find_map(|(s, m)| t.strip_suffix(s).map(|d| (d, *m)))
-        .unwrap_or((t, 1));
+    let (digits, multiplier) = SUFFIXES.iter().find_map(|(s, m)| t.strip_suffix(s).map(|d| (d, *m))).unwrap_or((t, 1));
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(QuantityError::Malformed(text.to_string()));
     }
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| QuantityError::Overflow(text.to_string()))?;
-    let v = n
-        .checked_mul(multiplier)
-        .ok_or_else(|| QuantityError::Overflow(text.to_string()))?;
+    let n: u64 = digits.parse().map_err(|_| QuantityError::Overflow(text.to_string()))?;
+    let v = n.checked_mul(multiplier).ok_or_else(|| QuantityError::Overflow(text.to_string()))?;
     if v == 0 {
         return Err(QuantityError::Zero(text.to_string()));
     }

@@ -1,0 +1,30 @@
+# The two commands of the quick start, and the pieces they are made of.
+# Every target installs what it needs (as root, idempotently), so both work
+# on a fresh Debian 12 machine.
+
+CARGO ?= cargo
+
+.PHONY: demo test deps containerd build lint unit e2e bench
+
+## Local demo: a real containerd with the iogate NRI plugin, a throttled pod
+## and an annotated one on a loop-device disk; prints limits and measured IOPS.
+demo: deps containerd
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) run --release -p iogate-integration-tests --bin iogate-demo
+
+## Every test: formatting, lints, unit tests, and the end-to-end tests on real
+## containerd 1.7 and 2.1, runc, cgroup v1 and v2.
+test: deps containerd
+	scripts/test.sh
+
+deps:
+	scripts/install-deps.sh
+
+containerd:
+	scripts/fetch-containerd.sh
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+bench: deps containerd
+	scripts/bench.sh

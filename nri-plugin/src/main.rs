@@ -1,0 +1,94 @@
+//! `iogate-nri-plugin`: block-I/O limits in every container's spec, before
+//! it starts.
+//!
+//! Started by containerd from its NRI plugin directory (pre-registered), it
+//! serves that one connection and exits with it. Started any other way (a
+//! DaemonSet, systemd), it connects to containerd's NRI socket and
+//! reconnects with backoff whenever containerd restarts.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use iogate_core::Config;
+use iogate_nri_plugin::iogate_plugin::{build_limiter, IogatePlugin};
+use iogate_nri_plugin::stub::DEFAULT_SOCKET_PATH;
+use iogate_nri_plugin::{Identity, PreRegistered, Stub};
+
+const USAGE: &str = "\
+usage: iogate-nri-plugin [--config FILE] [--socket PATH] [--name NAME] [--index NN]
+  --config FILE  policy file (TOML); default $IOGATE_CONFIG, else /etc/iogate/config.toml if it exists
+  --socket PATH  containerd's NRI socket for an external plugin (default /var/run/nri/nri.sock)
+  --name, --index  NRI registration (default iogate, 10)
+Environment: CONTAINER_IOPS_LIMIT, DATA_MOUNT, EXCLUDE_KEYWORDS, CGROUP_VERSION, IOGATE_* (see README).
+When containerd starts it from its plugin directory, the connection and name come from NRI_PLUGIN_*.";
+
+const DEFAULT_CONFIG: &str = "/etc/iogate/config.toml";
+
+struct Args {
+    config: Option<PathBuf>,
+    socket: PathBuf,
+    name: String,
+    index: String,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a =
+        Args { config: None, socket: PathBuf::from(DEFAULT_SOCKET_PATH), name: "iogate".into(), index: "10".into() };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{arg} expects a value\n{USAGE}"));
+        match arg.as_str() {
+            "--config" => a.config = Some(value()?.into()),
+            "--socket" => a.socket = value()?.into(),
+            "--name" => a.name = value()?,
+            "--index" => a.index = value()?,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unexpected argument {other:?}\n{USAGE}"),
+        }
+    }
+    if a.config.is_none() {
+        a.config = std::env::var_os("IOGATE_CONFIG")
+            .map(PathBuf::from)
+            .or_else(|| std::path::Path::new(DEFAULT_CONFIG).exists().then(|| DEFAULT_CONFIG.into()));
+    }
+    Ok(a)
+}
+
+fn run() -> Result<()> {
+    let args = parse_args()?;
+    let config = Config::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
+    let plugin = IogatePlugin::new(build_limiter(config)?);
+    let stub = Stub::new(Arc::new(plugin));
+    match PreRegistered::from_env()? {
+        Some(launched) => {
+            tracing::info!(name = launched.identity.name(), index = launched.identity.index(), "started by containerd");
+            stub.run_pre_registered(launched)
+        }
+        None => {
+            let identity = Identity::new(&args.name, &args.index)?;
+            tracing::info!(socket = %args.socket.display(), "connecting to containerd as an external plugin");
+            stub.run_external(&args.socket, &identity)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("IOGATE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("iogate-nri-plugin: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

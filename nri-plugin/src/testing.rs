@@ -1,0 +1,73 @@
+//! A stand-in for containerd's side of NRI, built from the same parts as the
+//! plugin side, for loopback tests.
+
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api;
+use crate::bridge::Bridge;
+use crate::mux::{ConnId, Mux};
+use crate::server::LocalServer;
+
+/// Generous bound for anything a test waits on.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
+
+pub(crate) fn call_context() -> ttrpc::context::Context {
+    ttrpc::context::with_duration(PATIENCE)
+}
+
+/// The runtime end of one NRI connection: serves the Runtime service
+/// (recording registrations) and calls the plugin's Plugin service.
+pub(crate) struct FakeRuntime {
+    pub(crate) plugin: api::PluginClient,
+    registrations: Receiver<api::RegisterPluginRequest>,
+    mux: Mux,
+    bridges: Vec<Bridge>,
+    _server: LocalServer,
+}
+
+struct RecordingRuntime(Sender<api::RegisterPluginRequest>);
+
+impl api::Runtime for RecordingRuntime {
+    fn register_plugin(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: api::RegisterPluginRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        let _ = self.0.send(req);
+        Ok(api::Empty::new())
+    }
+}
+
+impl FakeRuntime {
+    /// Takes over the runtime end of an NRI socket. Like containerd, it
+    /// opens both connections before reading anything.
+    pub(crate) fn attach(trunk: UnixStream) -> FakeRuntime {
+        let (mux, [plugin_conn, runtime_conn]) =
+            Mux::start(trunk, [ConnId::PLUGIN_SERVICE, ConnId::RUNTIME_SERVICE]).unwrap();
+        let (sender, registrations) = channel();
+        let server = LocalServer::start(api::create_runtime(Arc::new(RecordingRuntime(sender)))).unwrap();
+        let runtime_bridge = Bridge::spawn(runtime_conn, server.connect().unwrap(), mux.closer()).unwrap();
+        let (client_end, bridged_end) = UnixStream::pair().unwrap();
+        let plugin_bridge = Bridge::spawn(plugin_conn, bridged_end, mux.closer()).unwrap();
+        let plugin = api::PluginClient::new(ttrpc::Client::new(client_end.into_raw_fd()).unwrap());
+        FakeRuntime { plugin, registrations, mux, bridges: vec![runtime_bridge, plugin_bridge], _server: server }
+    }
+
+    pub(crate) fn expect_registration(&self) -> api::RegisterPluginRequest {
+        self.registrations.recv_timeout(PATIENCE).expect("the plugin registers")
+    }
+
+    /// Closes the connection the way a stopping containerd does.
+    pub(crate) fn hang_up(self) {
+        let FakeRuntime { plugin, mux, bridges, .. } = self;
+        mux.close();
+        drop(plugin);
+        for bridge in bridges {
+            bridge.join();
+        }
+    }
+}
