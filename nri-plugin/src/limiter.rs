@@ -211,8 +211,7 @@ mod tests {
     use iogate_core::{Config, Device};
 
     fn limiter(version: CgroupVersion, devices: Vec<Device>, f: impl FnOnce(&mut Config)) -> Limiter {
-        let mut c = Config::default();
-        c.hook_path = "/opt/iogate/bin/iogate-oci-hook".into();
+        let mut c = Config { hook_path: "/opt/iogate/bin/iogate-oci-hook".into(), ..Config::default() };
         f(&mut c);
         Limiter::new(Policy::new(c, devices), CgroupFs::new(version, "/sys/fs/cgroup"))
     }
