@@ -1,0 +1,119 @@
+//! A loop device with an ext4 filesystem, mounted: the test's data disk.
+//!
+//! Its `Drop` unmounts, detaches and deletes, whatever happened in the test.
+
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+pub struct LoopDisk {
+    device: PathBuf,
+    mount_point: PathBuf,
+    backing: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+impl LoopDisk {
+    /// A `size_mib` disk whose backing file sits on the root disk (not
+    /// tmpfs), attached with direct I/O so the loop device does not add a
+    /// page cache between the throttle and the disk.
+    pub fn new(size_mib: u64) -> Result<LoopDisk> {
+        let dir = tempfile::Builder::new().prefix("iogate-disk-").tempdir_in("/var/tmp").context("creating disk dir")?;
+        let backing = dir.path().join("disk.img");
+        let f = std::fs::File::create(&backing).with_context(|| format!("creating {}", backing.display()))?;
+        f.set_len(size_mib << 20).context("sizing backing file")?;
+        drop(f);
+        let device = PathBuf::from(run(Command::new("losetup").args(["--find", "--show", "--direct-io=on"]).arg(&backing))?);
+        let mount_point = dir.path().join("mnt");
+        // From here on Drop cleans up whatever was set up.
+        let disk = LoopDisk { device, mount_point, backing, _dir: dir };
+        std::fs::create_dir(&disk.mount_point).context("creating mount point")?;
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&disk.device))?;
+        run(Command::new("mount").arg(&disk.device).arg(&disk.mount_point))?;
+        Ok(disk)
+    }
+
+    pub fn device(&self) -> &Path {
+        &self.device
+    }
+
+    pub fn mount_point(&self) -> &Path {
+        &self.mount_point
+    }
+
+    /// `MAJ:MIN` of the loop device, as the cgroup files name it.
+    pub fn major_minor(&self) -> Result<(u32, u32)> {
+        let meta = std::fs::metadata(&self.device).with_context(|| format!("stat {}", self.device.display()))?;
+        if !meta.file_type().is_block_device() {
+            bail!("{} is not a block device", self.device.display());
+        }
+        let dev = meta.rdev();
+        Ok((((dev >> 8) & 0xfff) as u32 | ((dev >> 32) & !0xfff) as u32, ((dev & 0xff) | ((dev >> 12) & !0xff)) as u32))
+    }
+
+    /// A fresh directory on the disk (what a test bind-mounts into a container).
+    pub fn subdir(&self, name: &str) -> Result<PathBuf> {
+        let p = self.mount_point.join(name);
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(p)
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let mounted = || {
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(self.mount_point.to_str().unwrap_or(""))))
+                .unwrap_or(false)
+        };
+        for _ in 0..20 {
+            if !mounted() {
+                break;
+            }
+            let _ = Command::new("umount").arg(&self.mount_point).status();
+            if mounted() {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+        }
+        if mounted() {
+            let _ = Command::new("umount").arg("-l").arg(&self.mount_point).status();
+        }
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+        let _ = std::fs::remove_file(&self.backing);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_mounts_and_cleans_up() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: loop devices need root");
+            return;
+        }
+        let disk = LoopDisk::new(64).unwrap();
+        let dev = disk.device().to_path_buf();
+        let mnt = disk.mount_point().to_path_buf();
+        let (maj, _) = disk.major_minor().unwrap();
+        assert_eq!(maj, 7, "loop devices have major 7");
+        std::fs::write(disk.subdir("d").unwrap().join("f"), b"x").unwrap();
+        assert!(run(Command::new("losetup").arg("-a")).unwrap().contains(dev.to_str().unwrap()));
+        drop(disk);
+        assert!(!run(Command::new("losetup").arg("-a")).unwrap().contains(&format!("{}:", dev.display())));
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mi.contains(mnt.to_str().unwrap()));
+    }
+}

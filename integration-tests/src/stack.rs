@@ -1,0 +1,235 @@
+//! The whole node in one fixture: a loop-device data disk, the test image, a
+//! private containerd (1.7 or 2.1, cgroup v1 or v2) and the iogate NRI plugin
+//! (external or pre-registered), plus a CRI client to run pods.
+//!
+//! `Drop` takes it down in the order that leaves nothing behind: pods, then
+//! the plugin, containerd and its shims, the test's cgroups, the cgroup-v2
+//! switch, the disk.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use iogate_core::{CgroupFs, CgroupVersion, Device, Limits};
+
+use crate::cgroup_v2_host::CgroupV2Io;
+use crate::containerd_daemon::{self, Containerd, Version};
+use crate::cri_client::{ContainerSpec, Cri, Pod, PodSpec};
+use crate::host_lock::HostLock;
+use crate::loop_disk::LoopDisk;
+use crate::oci_image::{self, TestImage};
+use crate::process::Background;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginMode {
+    /// A daemon connecting to containerd's NRI socket.
+    External,
+    /// Linked into containerd's plugin dir; its config arrives via NRI.
+    PreRegistered,
+}
+
+pub struct StackOptions {
+    pub version: Version,
+    pub cgroup: CgroupVersion,
+    pub plugin: PluginMode,
+    /// The plugin's policy file (TOML); the data mount is added by the stack.
+    pub policy: String,
+    pub plugin_env: Vec<(String, String)>,
+}
+
+/// Where the data disk appears inside containers.
+pub const DATA_IN_CONTAINER: &str = "/data";
+
+pub struct Running {
+    pub pod: Pod,
+    pub container_id: String,
+    pub pid: u32,
+}
+
+pub struct Stack {
+    pub cri: Option<Cri>,
+    pub plugin: Option<Background>,
+    pub containerd: Option<Containerd>,
+    v2: Option<CgroupV2Io>,
+    pub disk: Option<LoopDisk>,
+    pub image: TestImage,
+    pub device: Device,
+    /// The cgroupfs parent of every test pod, removed at the end.
+    pub cgroup_parent: String,
+    cgroups: CgroupFs,
+    opts_policy: String,
+    work: tempfile::TempDir,
+    _lock: HostLock,
+    counter: u32,
+}
+
+impl Stack {
+    pub fn start(opts: StackOptions) -> Result<Stack> {
+        let lock = HostLock::acquire()?;
+        let image = oci_image::build_test_image(&oci_image::default_image_dir())?;
+        let v2 = match opts.cgroup {
+            CgroupVersion::V2 => Some(CgroupV2Io::acquire()?),
+            CgroupVersion::V1 => None,
+        };
+        let disk = LoopDisk::new(512)?;
+        let (maj, min) = disk.major_minor()?;
+        let work = tempfile::Builder::new().prefix("iogate-e2e-").tempdir()?;
+        let plugin_bin = crate::workspace_binary("iogate-nri-plugin")?;
+        let hook_bin = crate::workspace_binary("iogate-oci-hook")?;
+        let policy = format!(
+            "hook-path = \"{}\"\n{}\n[devices]\nmounts = [\"{}\"]\n",
+            hook_bin.display(),
+            opts.policy,
+            disk.mount_point().display()
+        );
+        let cgroups = match opts.cgroup {
+            CgroupVersion::V1 => CgroupFs::new(CgroupVersion::V1, "/sys/fs/cgroup/blkio"),
+            CgroupVersion::V2 => CgroupFs::new(CgroupVersion::V2, CgroupV2Io::unified_mount()),
+        };
+        let wrapper = if v2.is_some() { CgroupV2Io::wrapper() } else { Vec::new() };
+        let nri_plugins = match opts.plugin {
+            PluginMode::PreRegistered => vec![("10-iogate".to_string(), plugin_bin.clone(), Some(policy.clone()))],
+            PluginMode::External => Vec::new(),
+        };
+        let mut stack = Stack {
+            cri: None,
+            plugin: None,
+            containerd: None,
+            v2,
+            disk: Some(disk),
+            image,
+            device: Device::new(maj, min),
+            cgroup_parent: format!("/iogate-e2e-{}", std::process::id()),
+            cgroups,
+            opts_policy: policy,
+            work,
+            _lock: lock,
+            counter: 0,
+        };
+        let containerd = Containerd::start(containerd_daemon::Options {
+            version: opts.version,
+            sandbox_image: stack.image.reference.clone(),
+            nri_plugins,
+            wrapper,
+            env: opts.plugin_env.clone(),
+        })?;
+        containerd.import_image(&stack.image.tarball)?;
+        stack.cri = Some(Cri::connect(&containerd.address(), &containerd.pod_log_dir())?);
+        stack.containerd = Some(containerd);
+        if opts.plugin == PluginMode::External {
+            stack.start_external_plugin(&opts.plugin_env)?;
+        }
+        Ok(stack)
+    }
+
+    pub fn containerd(&mut self) -> &mut Containerd {
+        self.containerd.as_mut().expect("containerd runs for the stack's life")
+    }
+
+    /// Restarts containerd on the same root and state, and reconnects the
+    /// CRI client (the old connection dies with the daemon).
+    pub fn restart_containerd(&mut self) -> Result<()> {
+        let containerd = self.containerd.as_mut().context("containerd not running")?;
+        containerd.restart()?;
+        self.cri = Some(Cri::connect(&containerd.address(), &containerd.pod_log_dir())?);
+        Ok(())
+    }
+
+    pub fn cri(&mut self) -> &mut Cri {
+        self.cri.as_mut().expect("CRI client lives for the stack's life")
+    }
+
+    /// (Re)starts the external plugin with `env` on top of the policy file.
+    pub fn start_external_plugin(&mut self, env: &[(String, String)]) -> Result<()> {
+        if let Some(mut p) = self.plugin.take() {
+            p.stop();
+        }
+        let policy_path = self.work.path().join("iogate.toml");
+        std::fs::write(&policy_path, &self.opts_policy)?;
+        let containerd = self.containerd.as_ref().context("containerd not running")?;
+        let mut argv = if self.v2.is_some() { CgroupV2Io::wrapper() } else { Vec::new() };
+        argv.push(crate::workspace_binary("iogate-nri-plugin")?.display().to_string());
+        argv.extend(["--config".into(), policy_path.display().to_string()]);
+        argv.extend(["--socket".into(), containerd.nri_socket().display().to_string()]);
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).envs(env.iter().map(|(k, v)| (k, v)));
+        let log = self.work.path().join(format!("plugin-{}.log", self.counter));
+        self.counter += 1;
+        let mut p = Background::spawn("iogate-nri-plugin", cmd, &log)?;
+        p.wait_for("connected to runtime", 1, Duration::from_secs(20))?;
+        self.plugin = Some(p);
+        Ok(())
+    }
+
+    /// Everything the plugin logged (external) or containerd logged (which
+    /// carries a pre-registered plugin's output).
+    pub fn plugin_log(&self) -> String {
+        match &self.plugin {
+            Some(p) => p.output(),
+            None => self.containerd.as_ref().map(|c| c.log()).unwrap_or_default(),
+        }
+    }
+
+    /// The data directory for one pod, on the loop disk.
+    pub fn data_dir(&self, name: &str) -> Result<PathBuf> {
+        self.disk.as_ref().context("disk gone")?.subdir(name)
+    }
+
+    pub fn pod_spec(&self, namespace: &str, name: &str, annotations: &[(&str, &str)]) -> PodSpec {
+        let uid = format!("{namespace}-{name}-{}", std::process::id());
+        PodSpec {
+            name: name.into(),
+            namespace: namespace.into(),
+            cgroup_parent: format!("{}/pod{uid}", self.cgroup_parent),
+            uid,
+            annotations: annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
+        }
+    }
+
+    /// Runs a pod with one container (the data dir mounted at /data);
+    /// returns once the container runs. Creation errors come back as is.
+    pub fn run(&mut self, pod: &PodSpec, container: &str, command: Vec<String>, data: &std::path::Path) -> Result<Running> {
+        let image = self.image.reference.clone();
+        let cri = self.cri();
+        let p = cri.run_pod(pod)?;
+        let spec = ContainerSpec {
+            name: container.into(),
+            image,
+            command,
+            mounts: vec![(data.to_path_buf(), DATA_IN_CONTAINER.to_string())],
+        };
+        let id = cri
+            .create_container(&p, &spec)
+            .map_err(|s| anyhow::anyhow!("CreateContainer {}/{} {container}: {}", pod.namespace, pod.name, s.message()))?;
+        cri.start_container(&id)?;
+        let pid = cri.container_pid(&id)?;
+        Ok(Running { pod: p, container_id: id, pid })
+    }
+
+    /// The limits on the data disk in a running container's cgroup.
+    pub fn limits_of(&self, pid: u32) -> Result<Limits> {
+        let cg = self.cgroups.cgroup_of_pid(pid)?;
+        Ok(self.cgroups.read_limits(&cg, self.device)?)
+    }
+
+    pub fn cgroup_version(&self) -> CgroupVersion {
+        self.cgroups.version
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(mut cri) = self.cri.take() {
+            if let Err(e) = cri.remove_all_pods() {
+                eprintln!("stack teardown: removing pods: {e:#}");
+            }
+        }
+        drop(self.plugin.take());
+        drop(self.containerd.take());
+        containerd_daemon::remove_cgroup_tree(&self.cgroup_parent);
+        drop(self.v2.take());
+        drop(self.disk.take());
+    }
+}

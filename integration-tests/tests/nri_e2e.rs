@@ -1,0 +1,140 @@
+//! The NRI plugin against real containerd 1.7 and 2.1, real runc, a loop
+//! device and fio: every container gets its limits before its first I/O.
+
+use std::time::Duration;
+
+use iogate_core::{CgroupVersion, Limits};
+use iogate_integration_tests::containerd_daemon::Version;
+use iogate_integration_tests::fio::{self, Job, Measured, Rw};
+use iogate_integration_tests::stack::{PluginMode, Stack, StackOptions, DATA_IN_CONTAINER};
+
+/// Defaults 200/200 IOPS, ceiling 400, namespace `trusted` may exempt.
+const POLICY: &str = r#"
+[defaults]
+read-iops = 200
+write-iops = 200
+[ceilings]
+default = { read-iops = 400, write-iops = 400 }
+[exemptions]
+namespaces = ["trusted"]
+"#;
+
+fn root() -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED: the end-to-end tests need root (containerd, loop devices, cgroups)");
+    false
+}
+
+fn limits(read_iops: u64, write_iops: u64) -> Limits {
+    Limits { read_iops: Some(read_iops), write_iops: Some(write_iops), ..Limits::UNLIMITED }
+}
+
+fn sleeper() -> Vec<String> {
+    vec!["/bin/sleep".into(), "600".into()]
+}
+
+/// Runs fio as the container's command and checks the limit held from its
+/// first second: average and first second within 10% of `iops`.
+fn assert_fio_throttled(stack: &mut Stack, ns: &str, pod: &str, ann: &[(&str, &str)], want: Limits, iops: f64) {
+    let spec = stack.pod_spec(ns, pod, ann);
+    let data = stack.data_dir(pod).unwrap();
+    let job = Job::new("fio", Rw::RandRead, 5);
+    job.prepare(&data).unwrap();
+    let run = stack.run(&spec, "fio", job.command(DATA_IN_CONTAINER), &data).unwrap();
+    // Read while fio still runs: the cgroup goes away with the container.
+    assert_eq!(stack.limits_of(run.pid).unwrap(), want, "cgroup of {ns}/{pod}");
+    let code = stack.cri().wait_exit(&run.container_id, Duration::from_secs(60)).unwrap();
+    let logs = stack.cri().logs(&run.pod, "fio");
+    assert_eq!(code, 0, "fio failed: {logs}");
+    let m = Measured::read(&job, &data).unwrap();
+    eprintln!("{ns}/{pod}: limit {iops} IOPS, measured {:.1} IOPS, per second {:?}", m.iops, m.per_second);
+    assert!(fio::within(m.iops, iops, 10.0), "{ns}/{pod}: measured {:.1} IOPS, limit {iops}", m.iops);
+    assert!(
+        m.per_second[0] <= iops * 1.10,
+        "{ns}/{pod}: first second ran at {:.1} IOPS, above the limit {iops}: the container was not throttled from its start",
+        m.per_second[0]
+    );
+}
+
+fn limits_of_new(stack: &mut Stack, ns: &str, pod: &str, ctr: &str, ann: &[(&str, &str)]) -> Limits {
+    let spec = stack.pod_spec(ns, pod, ann);
+    let data = stack.data_dir(pod).unwrap();
+    let run = stack.run(&spec, ctr, sleeper(), &data).unwrap();
+    stack.limits_of(run.pid).unwrap()
+}
+
+/// Every behaviour the policy promises, on one containerd.
+fn full_suite(version: Version, cgroup: CgroupVersion) {
+    let mut stack = Stack::start(StackOptions {
+        version,
+        cgroup,
+        plugin: PluginMode::External,
+        policy: POLICY.into(),
+        plugin_env: Vec::new(),
+    })
+    .unwrap();
+    let v = format!("{version}, cgroup {cgroup}");
+
+    // Defaults, from the first second.
+    assert_fio_throttled(&mut stack, "shop", "plain", &[], limits(200, 200), 200.0);
+    // Annotation override (below the ceiling).
+    assert_fio_throttled(&mut stack, "shop", "annotated", &[("iogate.io/read-iops", "100")], limits(100, 200), 100.0);
+
+    // Clamp to the namespace ceiling, with the reason logged.
+    let got = limits_of_new(&mut stack, "shop", "greedy", "app", &[("iogate.io/read-iops", "5000")]);
+    assert_eq!(got, limits(400, 200), "{v}: clamp");
+    assert!(stack.plugin_log().contains("read-iops: asked 5000 by iogate.io/read-iops, clamped to the ceiling 400 of namespace shop"));
+
+    // Exemption where allowed; refused (limits kept) where not.
+    let got = limits_of_new(&mut stack, "trusted", "backup", "app", &[("iogate.io/exempt", "true")]);
+    assert_eq!(got, Limits::UNLIMITED, "{v}: exemption in trusted");
+    let got = limits_of_new(&mut stack, "shop", "sneaky", "app", &[("iogate.io/exempt", "true")]);
+    assert_eq!(got, limits(200, 200), "{v}: exemption outside trusted");
+
+    // Excluded by keyword.
+    let got = limits_of_new(&mut stack, "shop", "mesh", "istio-proxy", &[]);
+    assert_eq!(got, Limits::UNLIMITED, "{v}: excluded container");
+
+    // Malformed annotation: defaults, and a warning naming everything.
+    let got = limits_of_new(&mut stack, "shop", "typo", "app", &[("iogate.io/read-iops", "fast")]);
+    assert_eq!(got, limits(200, 200), "{v}: malformed annotation keeps the default");
+    let log = stack.plugin_log();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("iogate.io/read-iops=\\\"fast\\\"") || l.contains("WARN") && l.contains("iogate.io/read-iops=\"fast\""))
+        .unwrap_or_else(|| panic!("{v}: no warning for the malformed annotation in:\n{log}"));
+    assert!(warning.contains("shop/typo") && warning.contains("app") && warning.contains("expected a whole number"), "{warning}");
+
+    // containerd restarts: the plugin reconnects and the next pod is limited.
+    stack.restart_containerd().unwrap();
+    stack.plugin.as_mut().unwrap().wait_for("connected to runtime", 2, Duration::from_secs(30)).unwrap();
+    let got = limits_of_new(&mut stack, "shop", "after-restart", "app", &[]);
+    assert_eq!(got, limits(200, 200), "{v}: pod after containerd restart");
+
+    // Strict mode: the malformed annotation refuses the container.
+    stack.start_external_plugin(&[("IOGATE_STRICT".into(), "true".into())]).unwrap();
+    let spec = stack.pod_spec("shop", "strict", &[("iogate.io/read-iops", "fast")]);
+    let data = stack.data_dir("strict").unwrap();
+    let err = stack.run(&spec, "app", sleeper(), &data).err().expect("strict mode must refuse the container");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("iogate refuses pod shop/strict container app: annotation iogate.io/read-iops=\"fast\": expected a whole number"),
+        "{v}: {msg}"
+    );
+}
+
+#[test]
+fn containerd_1_7_cgroup_v1() {
+    if root() {
+        full_suite(Version::V1_7, CgroupVersion::V1);
+    }
+}
+
+#[test]
+fn containerd_2_1_cgroup_v1() {
+    if root() {
+        full_suite(Version::V2_1, CgroupVersion::V1);
+    }
+}
