@@ -1,13 +1,20 @@
 //! Real cgroup v2 on a hybrid host, for the duration of one test.
 //!
 //! The machine keeps the block controller on a cgroup v1 hierarchy
-//! (`/sys/fs/cgroup/blkio`) and a cgroup2 at `/sys/fs/cgroup/unified` without
-//! it. A controller lives in one hierarchy at a time, and the kernel frees
-//! it from v1 once that hierarchy is unmounted and has no child cgroups. So:
-//! unmount v1 blkio, wait for `io` to appear in cgroup2, enable it, and run
-//! containerd in a private mount namespace where cgroup2 is mounted at
-//! `/sys/fs/cgroup` (runc and containerd detect v2 by that mount). `Drop`
-//! disables `io` again and remounts v1 blkio, so the host is as it was.
+//! (`/sys/fs/cgroup/blkio`) and a cgroup2 at `/sys/fs/cgroup/unified`
+//! without it. A controller lives in one hierarchy at a time, and the kernel
+//! frees it from v1 once that hierarchy is unmounted and has no cgroups
+//! left. So: unmount v1 `blkio` (and `cpu`, because CRI always sets a CPU
+//! weight on the sandbox and runc then needs `cpu.weight`), wait for `io`
+//! and `cpu` to appear in cgroup2, enable them, and run containerd in a
+//! private mount namespace where cgroup2 is mounted at `/sys/fs/cgroup`
+//! (runc and containerd detect v2 by that mount). `Drop` disables them
+//! again and remounts the v1 hierarchies, so the host is as it was.
+//!
+//! Both moves wait for dying cgroups: the loop driver keeps a reference to
+//! the cgroup of every recent I/O submitter in an idle worker for 60 s, and
+//! the kernel will not move a controller while any of its cgroups, dying or
+//! not, remains. Hence the generous [`SETTLE`] timeout.
 
 use std::path::Path;
 use std::process::Command;
@@ -15,8 +22,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-const V1_BLKIO: &str = "/sys/fs/cgroup/blkio";
 const UNIFIED: &str = "/sys/fs/cgroup/unified";
+/// (v1 mount point, v1 mount option, v2 controller name)
+const MOVED: [(&str, &str, &str); 2] = [("/sys/fs/cgroup/blkio", "blkio", "io"), ("/sys/fs/cgroup/cpu", "cpu", "cpu")];
+/// Longer than the loop driver's 60 s idle-worker timeout.
+const SETTLE: Duration = Duration::from_secs(100);
 
 pub struct CgroupV2Io {
     _private: (),
@@ -26,38 +36,65 @@ fn controllers() -> String {
     std::fs::read_to_string(Path::new(UNIFIED).join("cgroup.controllers")).unwrap_or_default()
 }
 
-fn blkio_v1_mounted() -> bool {
+fn has_controller(name: &str) -> bool {
+    controllers().split_whitespace().any(|c| c == name)
+}
+
+fn v1_mounted(point: &str) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(V1_BLKIO)))
+        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(point)))
         .unwrap_or(false)
+}
+
+fn proc_cgroups() -> String {
+    std::fs::read_to_string("/proc/cgroups").unwrap_or_default()
 }
 
 impl CgroupV2Io {
     /// Callers hold [`crate::host_lock::HostLock`]: no v1 test may run meanwhile.
     pub fn acquire() -> Result<CgroupV2Io> {
-        if blkio_v1_mounted() {
-            let children: Vec<String> = std::fs::read_dir(V1_BLKIO)?
+        for (point, _, _) in MOVED {
+            if !v1_mounted(point) {
+                continue;
+            }
+            let children: Vec<String> = std::fs::read_dir(point)?
                 .flatten()
                 .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect();
             if !children.is_empty() {
-                bail!("cannot move the io controller to cgroup v2: v1 blkio still has child cgroups {children:?}");
+                bail!("cannot move {point} to cgroup v2: it still has child cgroups {children:?}");
             }
-            let st = Command::new("umount").arg(V1_BLKIO).status()?;
-            anyhow::ensure!(st.success(), "umount {V1_BLKIO} failed");
         }
         // From here on Drop restores v1.
         let guard = CgroupV2Io { _private: () };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !controllers().split_whitespace().any(|c| c == "io") {
-            if Instant::now() > deadline {
-                bail!("io did not appear in {UNIFIED}/cgroup.controllers after unmounting v1 blkio (found {:?})", controllers());
+        for (point, _, _) in MOVED {
+            if v1_mounted(point) {
+                let st = Command::new("umount").arg(point).status()?;
+                anyhow::ensure!(st.success(), "umount {point} failed");
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        std::fs::write(Path::new(UNIFIED).join("cgroup.subtree_control"), "+io").context("enabling +io in cgroup2 root")?;
+        let deadline = Instant::now() + SETTLE;
+        for (_, _, v2) in MOVED {
+            while !has_controller(v2) {
+                if Instant::now() > deadline {
+                    bail!(
+                        "{v2} did not appear in {UNIFIED}/cgroup.controllers within {SETTLE:?} of unmounting its v1 hierarchy (found {:?}; /proc/cgroups:\n{})",
+                        controllers(),
+                        proc_cgroups()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        std::fs::write(Path::new(UNIFIED).join("cgroup.subtree_control"), "+io +cpu")
+            .context("enabling +io +cpu in the cgroup2 root")?;
         Ok(guard)
+    }
+
+    /// Whether cgroup2 currently has the io controller.
+    pub fn active() -> bool {
+        has_controller("io")
     }
 
     /// Prefix that runs a program in a private mount namespace with cgroup2
@@ -85,22 +122,27 @@ impl CgroupV2Io {
 
 impl Drop for CgroupV2Io {
     fn drop(&mut self) {
-        let _ = std::fs::write(Path::new(UNIFIED).join("cgroup.subtree_control"), "-io");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !blkio_v1_mounted() && Instant::now() < deadline {
-            let _ = std::fs::create_dir_all(V1_BLKIO);
-            let ok = Command::new("mount")
-                .args(["-t", "cgroup", "-o", "blkio", "cgroup", V1_BLKIO])
-                .stderr(std::process::Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if !ok {
-                std::thread::sleep(Duration::from_millis(200));
+        let deadline = Instant::now() + SETTLE;
+        for (point, option, _) in MOVED {
+            while !v1_mounted(point) && Instant::now() < deadline {
+                let _ = std::fs::write(Path::new(UNIFIED).join("cgroup.subtree_control"), "-io -cpu");
+                let _ = std::fs::create_dir_all(point);
+                let ok = Command::new("mount")
+                    .args(["-t", "cgroup", "-o", option, "cgroup", point])
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+                if !ok {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
             }
-        }
-        if !blkio_v1_mounted() {
-            eprintln!("WARNING: could not remount cgroup v1 blkio at {V1_BLKIO}; io controllers: {}", controllers());
+            if !v1_mounted(point) {
+                eprintln!(
+                    "WARNING: could not remount cgroup v1 {option} at {point}; cgroup2 controllers: {}",
+                    controllers()
+                );
+            }
         }
     }
 }

@@ -85,7 +85,10 @@ impl Containerd {
         if !bin.join("containerd").exists() {
             bail!("expected {} at {} (run scripts/fetch-containerd.sh)", opts.version, bin.display());
         }
-        let dir = tempfile::Builder::new().prefix("iogate-ctrd-").tempdir_in("/var/tmp").context("creating containerd dir")?;
+        let dir = tempfile::Builder::new()
+            .prefix("iogate-ctrd-")
+            .tempdir_in("/var/tmp")
+            .context("creating containerd dir")?;
         let d = dir.path();
         for sub in ["root", "state", "nri-plugins", "nri-conf", "cni-conf", "cni-bin", "pod-logs"] {
             std::fs::create_dir_all(d.join(sub))?;

@@ -93,9 +93,11 @@ impl Measured {
     /// Reads `<dir>/<name>.json` and `<dir>/<name>_iops.1.log` on the host.
     pub fn read(job: &Job, host_dir: &Path) -> Result<Measured> {
         let json_path = host_dir.join(format!("{}.json", job.name));
-        let text = std::fs::read_to_string(&json_path).with_context(|| format!("reading fio output {}", json_path.display()))?;
+        let text = std::fs::read_to_string(&json_path)
+            .with_context(|| format!("reading fio output {}", json_path.display()))?;
         // fio may print notes before the JSON object.
-        let start = text.find('{').with_context(|| format!("expected JSON in {}, found {text:?}", json_path.display()))?;
+        let start =
+            text.find('{').with_context(|| format!("expected JSON in {}, found {text:?}", json_path.display()))?;
         let v: serde_json::Value = serde_json::from_str(&text[start..])
             .with_context(|| format!("parsing fio JSON in {}", json_path.display()))?;
         let dir = match job.rw {
@@ -106,15 +108,16 @@ impl Measured {
             .as_f64()
             .with_context(|| format!("expected jobs[0].{dir}.iops in {}", json_path.display()))?;
         let log_path = host_dir.join(format!("{}_iops.1.log", job.name));
-        let log = std::fs::read_to_string(&log_path).with_context(|| format!("reading fio IOPS log {}", log_path.display()))?;
+        let log = std::fs::read_to_string(&log_path)
+            .with_context(|| format!("reading fio IOPS log {}", log_path.display()))?;
         let per_second = log
             .lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
                 let field = l.split(',').nth(1).map(str::trim);
-                field
-                    .and_then(|f| f.parse::<f64>().ok())
-                    .with_context(|| format!("expected \"msec, iops, dir, bs, offset\" in {}, found {l:?}", log_path.display()))
+                field.and_then(|f| f.parse::<f64>().ok()).with_context(|| {
+                    format!("expected \"msec, iops, dir, bs, offset\" in {}, found {l:?}", log_path.display())
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         if per_second.is_empty() {
@@ -137,7 +140,11 @@ mod tests {
     fn reads_fio_outputs() {
         let d = tempfile::tempdir().unwrap();
         let job = Job::new("j", Rw::RandRead, 3);
-        std::fs::write(d.path().join("j.json"), "note: x\n{\"jobs\":[{\"read\":{\"iops\":201.5},\"write\":{\"iops\":0}}]}").unwrap();
+        std::fs::write(
+            d.path().join("j.json"),
+            "note: x\n{\"jobs\":[{\"read\":{\"iops\":201.5},\"write\":{\"iops\":0}}]}",
+        )
+        .unwrap();
         std::fs::write(d.path().join("j_iops.1.log"), "1000, 205, 0, 4096, 0\n2000, 199, 0, 4096, 0\n").unwrap();
         let m = Measured::read(&job, d.path()).unwrap();
         assert_eq!(m.iops, 201.5);

@@ -30,5 +30,8 @@ pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
             return Ok(p);
         }
     }
-    anyhow::bail!("expected the {name} binary under {}/{{debug,release}}; run `cargo build --workspace --bins` first", target.display())
+    anyhow::bail!(
+        "expected the {name} binary under {}/{{debug,release}}; run `cargo build --workspace --bins` first",
+        target.display()
+    )
 }

@@ -29,12 +29,14 @@ impl LoopDisk {
     /// tmpfs), attached with direct I/O so the loop device does not add a
     /// page cache between the throttle and the disk.
     pub fn new(size_mib: u64) -> Result<LoopDisk> {
-        let dir = tempfile::Builder::new().prefix("iogate-disk-").tempdir_in("/var/tmp").context("creating disk dir")?;
+        let dir =
+            tempfile::Builder::new().prefix("iogate-disk-").tempdir_in("/var/tmp").context("creating disk dir")?;
         let backing = dir.path().join("disk.img");
         let f = std::fs::File::create(&backing).with_context(|| format!("creating {}", backing.display()))?;
         f.set_len(size_mib << 20).context("sizing backing file")?;
         drop(f);
-        let device = PathBuf::from(run(Command::new("losetup").args(["--find", "--show", "--direct-io=on"]).arg(&backing))?);
+        let device =
+            PathBuf::from(run(Command::new("losetup").args(["--find", "--show", "--direct-io=on"]).arg(&backing))?);
         let mount_point = dir.path().join("mnt");
         // From here on Drop cleans up whatever was set up.
         let disk = LoopDisk { device, mount_point, backing, _dir: dir };

@@ -13,9 +13,8 @@ use serde_json::json;
 
 pub const REFERENCE: &str = "localhost/iogate-test:latest";
 
-const APPLETS: &[&str] = &[
-    "sh", "sleep", "cat", "echo", "ls", "dd", "mkdir", "grep", "true", "false", "sync", "rm", "env", "id", "ps",
-];
+const APPLETS: &[&str] =
+    &["sh", "sleep", "cat", "echo", "ls", "dd", "mkdir", "grep", "true", "false", "sync", "rm", "env", "id", "ps"];
 
 pub struct TestImage {
     pub rootfs: PathBuf,
@@ -67,7 +66,8 @@ fn build_rootfs(rootfs: &Path) -> Result<()> {
     }
     copy_host_file(rootfs, busybox)?;
     for a in APPLETS {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).with_context(|| format!("linking applet {a}"))?;
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a))
+            .with_context(|| format!("linking applet {a}"))?;
     }
     let fio = Path::new("/usr/bin/fio");
     if !fio.exists() {
@@ -194,7 +194,8 @@ mod tests {
             assert!(list.lines().any(|l| l == f), "{f} missing from {list}");
         }
         let index: serde_json::Value =
-            serde_json::from_str(&run(Command::new("tar").arg("-xOf").arg(&img.tarball).arg("./index.json")).unwrap()).unwrap();
+            serde_json::from_str(&run(Command::new("tar").arg("-xOf").arg(&img.tarball).arg("./index.json")).unwrap())
+                .unwrap();
         let digest = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
         assert!(list.contains(&format!("./blobs/sha256/{digest}")));
         // Reused, not rebuilt.

@@ -39,7 +39,11 @@ impl Background {
                 bail!("{} exited ({status}) before printing {needle:?}; output:\n{}", self.name, self.output());
             }
             if Instant::now() > deadline {
-                bail!("{} did not print {needle:?} {count} time(s) within {timeout:?}; output:\n{}", self.name, self.output());
+                bail!(
+                    "{} did not print {needle:?} {count} time(s) within {timeout:?}; output:\n{}",
+                    self.name,
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -3,8 +3,7 @@
 //! (external or pre-registered), plus a CRI client to run pods.
 //!
 //! `Drop` takes it down in the order that leaves nothing behind: pods, then
-//! the plugin, containerd and its shims, the test's cgroups, the cgroup-v2
-//! switch, the disk.
+//! the plugin, containerd and its shims, the test's cgroups, the disk.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -52,7 +51,7 @@ pub struct Stack {
     pub cri: Option<Cri>,
     pub plugin: Option<Background>,
     pub containerd: Option<Containerd>,
-    v2: Option<CgroupV2Io>,
+    v2: bool,
     pub disk: Option<LoopDisk>,
     pub image: TestImage,
     pub device: Device,
@@ -61,18 +60,19 @@ pub struct Stack {
     cgroups: CgroupFs,
     opts_policy: String,
     work: tempfile::TempDir,
-    _lock: HostLock,
     counter: u32,
 }
 
 impl Stack {
-    pub fn start(opts: StackOptions) -> Result<Stack> {
-        let lock = HostLock::acquire()?;
+    /// Starts the stack. The caller holds the host lock for as long as the
+    /// stack lives and, for `CgroupVersion::V2`, the [`CgroupV2Io`] switch
+    /// (one switch can serve several stacks: moving the controller is slow).
+    pub fn start(_lock: &HostLock, opts: StackOptions) -> Result<Stack> {
         let image = oci_image::build_test_image(&oci_image::default_image_dir())?;
-        let v2 = match opts.cgroup {
-            CgroupVersion::V2 => Some(CgroupV2Io::acquire()?),
-            CgroupVersion::V1 => None,
-        };
+        let v2 = opts.cgroup == CgroupVersion::V2;
+        if v2 && !CgroupV2Io::active() {
+            anyhow::bail!("a cgroup v2 stack needs the io controller on cgroup2: hold a CgroupV2Io first");
+        }
         let disk = LoopDisk::new(512)?;
         let (maj, min) = disk.major_minor()?;
         let work = tempfile::Builder::new().prefix("iogate-e2e-").tempdir()?;
@@ -88,7 +88,7 @@ impl Stack {
             CgroupVersion::V1 => CgroupFs::new(CgroupVersion::V1, "/sys/fs/cgroup/blkio"),
             CgroupVersion::V2 => CgroupFs::new(CgroupVersion::V2, CgroupV2Io::unified_mount()),
         };
-        let wrapper = if v2.is_some() { CgroupV2Io::wrapper() } else { Vec::new() };
+        let wrapper = if v2 { CgroupV2Io::wrapper() } else { Vec::new() };
         let nri_plugins = match opts.plugin {
             PluginMode::PreRegistered => vec![("10-iogate".to_string(), plugin_bin.clone(), Some(policy.clone()))],
             PluginMode::External => Vec::new(),
@@ -105,7 +105,6 @@ impl Stack {
             cgroups,
             opts_policy: policy,
             work,
-            _lock: lock,
             counter: 0,
         };
         let containerd = Containerd::start(containerd_daemon::Options {
@@ -149,7 +148,7 @@ impl Stack {
         let policy_path = self.work.path().join("iogate.toml");
         std::fs::write(&policy_path, &self.opts_policy)?;
         let containerd = self.containerd.as_ref().context("containerd not running")?;
-        let mut argv = if self.v2.is_some() { CgroupV2Io::wrapper() } else { Vec::new() };
+        let mut argv = if self.v2 { CgroupV2Io::wrapper() } else { Vec::new() };
         argv.push(crate::workspace_binary("iogate-nri-plugin")?.display().to_string());
         argv.extend(["--config".into(), policy_path.display().to_string()]);
         argv.extend(["--socket".into(), containerd.nri_socket().display().to_string()]);
@@ -190,7 +189,13 @@ impl Stack {
 
     /// Runs a pod with one container (the data dir mounted at /data);
     /// returns once the container runs. Creation errors come back as is.
-    pub fn run(&mut self, pod: &PodSpec, container: &str, command: Vec<String>, data: &std::path::Path) -> Result<Running> {
+    pub fn run(
+        &mut self,
+        pod: &PodSpec,
+        container: &str,
+        command: Vec<String>,
+        data: &std::path::Path,
+    ) -> Result<Running> {
         let image = self.image.reference.clone();
         let cri = self.cri();
         let p = cri.run_pod(pod)?;
@@ -200,9 +205,9 @@ impl Stack {
             command,
             mounts: vec![(data.to_path_buf(), DATA_IN_CONTAINER.to_string())],
         };
-        let id = cri
-            .create_container(&p, &spec)
-            .map_err(|s| anyhow::anyhow!("CreateContainer {}/{} {container}: {}", pod.namespace, pod.name, s.message()))?;
+        let id = cri.create_container(&p, &spec).map_err(|s| {
+            anyhow::anyhow!("CreateContainer {}/{} {container}: {}", pod.namespace, pod.name, s.message())
+        })?;
         cri.start_container(&id)?;
         let pid = cri.container_pid(&id)?;
         Ok(Running { pod: p, container_id: id, pid })
@@ -229,7 +234,6 @@ impl Drop for Stack {
         drop(self.plugin.take());
         drop(self.containerd.take());
         containerd_daemon::remove_cgroup_tree(&self.cgroup_parent);
-        drop(self.v2.take());
         drop(self.disk.take());
     }
 }

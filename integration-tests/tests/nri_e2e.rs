@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use iogate_core::{CgroupVersion, Limits};
+use iogate_integration_tests::cgroup_v2_host::CgroupV2Io;
 use iogate_integration_tests::containerd_daemon::Version;
 use iogate_integration_tests::fio::{self, Job, Measured, Rw};
+use iogate_integration_tests::host_lock::HostLock;
 use iogate_integration_tests::stack::{PluginMode, Stack, StackOptions, DATA_IN_CONTAINER};
 
 /// Defaults 200/200 IOPS, ceiling 400, namespace `trusted` may exempt.
@@ -66,26 +68,32 @@ fn limits_of_new(stack: &mut Stack, ns: &str, pod: &str, ctr: &str, ann: &[(&str
 }
 
 /// Every behaviour the policy promises, on one containerd.
-fn full_suite(version: Version, cgroup: CgroupVersion) {
-    let mut stack = Stack::start(StackOptions {
-        version,
-        cgroup,
-        plugin: PluginMode::External,
-        policy: POLICY.into(),
-        plugin_env: Vec::new(),
-    })
+fn full_suite(lock: &HostLock, version: Version, cgroup: CgroupVersion) {
+    let mut stack = Stack::start(
+        lock,
+        StackOptions { version, cgroup, plugin: PluginMode::External, policy: POLICY.into(), plugin_env: Vec::new() },
+    )
     .unwrap();
     let v = format!("{version}, cgroup {cgroup}");
+    // The mechanism matches the cgroup version: io.max in the spec on v2,
+    // the createRuntime hook on v1 (where runc refuses unified resources).
+    let mechanism = match cgroup {
+        CgroupVersion::V2 => "io.max in the spec",
+        CgroupVersion::V1 => "createRuntime hook",
+    };
 
     // Defaults, from the first second.
     assert_fio_throttled(&mut stack, "shop", "plain", &[], limits(200, 200), 200.0);
     // Annotation override (below the ceiling).
     assert_fio_throttled(&mut stack, "shop", "annotated", &[("iogate.io/read-iops", "100")], limits(100, 200), 100.0);
+    assert!(stack.plugin_log().contains(mechanism), "{v}: expected limits via {mechanism}:\n{}", stack.plugin_log());
 
     // Clamp to the namespace ceiling, with the reason logged.
     let got = limits_of_new(&mut stack, "shop", "greedy", "app", &[("iogate.io/read-iops", "5000")]);
     assert_eq!(got, limits(400, 200), "{v}: clamp");
-    assert!(stack.plugin_log().contains("read-iops: asked 5000 by iogate.io/read-iops, clamped to the ceiling 400 of namespace shop"));
+    assert!(stack
+        .plugin_log()
+        .contains("read-iops: asked 5000 by iogate.io/read-iops, clamped to the ceiling 400 of namespace shop"));
 
     // Exemption where allowed; refused (limits kept) where not.
     let got = limits_of_new(&mut stack, "trusted", "backup", "app", &[("iogate.io/exempt", "true")]);
@@ -103,9 +111,15 @@ fn full_suite(version: Version, cgroup: CgroupVersion) {
     let log = stack.plugin_log();
     let warning = log
         .lines()
-        .find(|l| l.contains("WARN") && l.contains("iogate.io/read-iops=\\\"fast\\\"") || l.contains("WARN") && l.contains("iogate.io/read-iops=\"fast\""))
+        .find(|l| {
+            l.contains("WARN") && l.contains("iogate.io/read-iops=\\\"fast\\\"")
+                || l.contains("WARN") && l.contains("iogate.io/read-iops=\"fast\"")
+        })
         .unwrap_or_else(|| panic!("{v}: no warning for the malformed annotation in:\n{log}"));
-    assert!(warning.contains("shop/typo") && warning.contains("app") && warning.contains("expected a whole number"), "{warning}");
+    assert!(
+        warning.contains("shop/typo") && warning.contains("app") && warning.contains("expected a whole number"),
+        "{warning}"
+    );
 
     // containerd restarts: the plugin reconnects and the next pod is limited.
     stack.restart_containerd().unwrap();
@@ -126,15 +140,56 @@ fn full_suite(version: Version, cgroup: CgroupVersion) {
 }
 
 #[test]
-fn containerd_1_7_cgroup_v1() {
+fn cgroup_v1_containerd_1_7() {
     if root() {
-        full_suite(Version::V1_7, CgroupVersion::V1);
+        full_suite(&HostLock::acquire().unwrap(), Version::V1_7, CgroupVersion::V1);
     }
 }
 
 #[test]
-fn containerd_2_1_cgroup_v1() {
+fn cgroup_v1_containerd_2_1() {
     if root() {
-        full_suite(Version::V2_1, CgroupVersion::V1);
+        full_suite(&HostLock::acquire().unwrap(), Version::V2_1, CgroupVersion::V1);
+    }
+}
+
+/// cgroup v2 for real: the io controller is moved from the host's v1
+/// hierarchy to cgroup2 for this test (once, for both versions: the move
+/// waits out the loop driver's 60 s hold on recent cgroups), and containerd
+/// runs in a private mount namespace with cgroup2 at /sys/fs/cgroup. Limits
+/// reach runc as `io.max` in the spec's unified resources.
+#[test]
+fn cgroup_v2_containerd_1_7_and_2_1() {
+    if root() {
+        let lock = HostLock::acquire().unwrap();
+        let _v2 = CgroupV2Io::acquire().unwrap();
+        for version in Version::ALL {
+            full_suite(&lock, version, CgroupVersion::V2);
+        }
+    }
+}
+
+/// Started by containerd from its plugin directory, configured by the file
+/// containerd hands it over NRI.
+#[test]
+fn pre_registered_plugin() {
+    if !root() {
+        return;
+    }
+    let lock = HostLock::acquire().unwrap();
+    for version in Version::ALL {
+        let mut stack = Stack::start(
+            &lock,
+            StackOptions {
+                version,
+                cgroup: CgroupVersion::V1,
+                plugin: PluginMode::PreRegistered,
+                policy: POLICY.into(),
+                plugin_env: Vec::new(),
+            },
+        )
+        .unwrap();
+        let got = limits_of_new(&mut stack, "shop", "pre", "app", &[("iogate.io/write-iops", "150")]);
+        assert_eq!(got, limits(200, 150), "{version}: pre-registered plugin");
     }
 }

@@ -35,7 +35,8 @@ pub fn parse(args: &[String]) -> Result<Options> {
     }
     let (mut config, mut limits, mut strict, mut log) = (None, Vec::new(), false, None);
     while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().with_context(|| format!("{name} expects a value, found the end of the arguments"));
+        let mut value =
+            |name: &str| it.next().with_context(|| format!("{name} expects a value, found the end of the arguments"));
         match arg.as_str() {
             "--strict" => strict = true,
             "--log" => log = Some(PathBuf::from(value("--log")?)),

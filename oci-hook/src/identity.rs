@@ -38,8 +38,11 @@ pub fn identify(container_id: &str, annotations: &HashMap<String, String>) -> Id
         pod: first(annotations, &["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"]).unwrap_or_default(),
         container: first(annotations, &["io.kubernetes.cri.container-name", "io.kubernetes.container.name"])
             .unwrap_or_else(|| container_id.to_string()),
-        image: first(annotations, &["io.kubernetes.cri.image-name", "io.kubernetes.cri-o.ImageName", "org.opencontainers.image.ref.name"])
-            .unwrap_or_default(),
+        image: first(
+            annotations,
+            &["io.kubernetes.cri.image-name", "io.kubernetes.cri-o.ImageName", "org.opencontainers.image.ref.name"],
+        )
+        .unwrap_or_default(),
         is_sandbox: kind.as_deref() == Some("sandbox"),
         annotations: merged,
     }

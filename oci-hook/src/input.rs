@@ -37,8 +37,9 @@ pub fn pid_of(state: &State) -> Result<u32> {
 /// Loads `<bundle>/config.json`.
 pub fn read_spec(state: &State) -> Result<Spec> {
     let path: PathBuf = state.bundle().join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("expected the container's bundle config at {}, but it cannot be read", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("expected the container's bundle config at {}, but it cannot be read", path.display())
+    })?;
     serde_json::from_str(&text)
         .map_err(|e| anyhow::anyhow!("expected an OCI runtime config at {}, found malformed JSON: {e}", path.display()))
 }
@@ -57,8 +58,10 @@ mod tests {
 
     #[test]
     fn state_with_pid_and_bundle() {
-        let s = read_state(&br#"{"ociVersion":"1.0.2","id":"c1","status":"created","pid":42,"bundle":"/nonexistent/b"}"#[..])
-            .unwrap();
+        let s = read_state(
+            &br#"{"ociVersion":"1.0.2","id":"c1","status":"created","pid":42,"bundle":"/nonexistent/b"}"#[..],
+        )
+        .unwrap();
         assert_eq!(pid_of(&s).unwrap(), 42);
         let e = read_spec(&s).unwrap_err().to_string();
         assert_eq!(e, "expected the container's bundle config at /nonexistent/b/config.json, but it cannot be read");

@@ -40,14 +40,20 @@ fn main() -> ExitCode {
     let result = opts.and_then(|o| run(&o, std::io::stdin().lock(), &mut strict));
     let (line, code) = match result {
         Ok(summary) => (format!("iogate-oci-hook: {summary}"), ExitCode::SUCCESS),
-        Err(e) if strict => (format!("iogate-oci-hook: error: {e:#}; refusing the container (strict mode)"), ExitCode::FAILURE),
-        Err(e) => (format!("iogate-oci-hook: error: {e:#}; the container starts without iogate limits (fail-open)"), ExitCode::SUCCESS),
+        Err(e) if strict => {
+            (format!("iogate-oci-hook: error: {e:#}; refusing the container (strict mode)"), ExitCode::FAILURE)
+        }
+        Err(e) => (
+            format!("iogate-oci-hook: error: {e:#}; the container starts without iogate limits (fail-open)"),
+            ExitCode::SUCCESS,
+        ),
     };
     // One line, whatever the error chain held, so log scrapers see one event.
     let line = line.replace('\n', " ");
     eprintln!("{line}");
     if let Some(path) = log {
-        let appended = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| writeln!(f, "{line}"));
+        let appended =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| writeln!(f, "{line}"));
         if let Err(e) = appended {
             eprintln!("iogate-oci-hook: cannot append to log {}: {e}", path.display());
         }
@@ -120,9 +126,8 @@ fn resolve_devices(config: &Config) -> Result<Vec<iogate_core::Device>> {
 
 fn write(cgroups: &CgroupFs, pid: u32, limits: &[DeviceLimits], who: &str) -> Result<String> {
     let cg = cgroups.cgroup_of_pid(pid)?;
-    let changes = cgroups
-        .write_limits(&cg, limits)
-        .with_context(|| format!("writing limits for {who} into cgroup {cg}"))?;
+    let changes =
+        cgroups.write_limits(&cg, limits).with_context(|| format!("writing limits for {who} into cgroup {cg}"))?;
     let wanted = limits.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", ");
     Ok(if changes.is_empty() {
         format!("{who}: cgroup {v} {cg} already has {wanted}", v = cgroups.version)
