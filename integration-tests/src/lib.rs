@@ -21,12 +21,17 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// A binary of this workspace, built by `cargo build --workspace --bins`
-/// (scripts/test.sh does that before the tests).
+/// (scripts/test.sh does that before the tests). The one from the running
+/// executable's own profile wins, so a release demo never runs a stale debug
+/// plugin.
 pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let own = std::env::current_exe().ok();
+    let own_dirs = own.iter().flat_map(|e| e.ancestors().skip(1).take(2).map(PathBuf::from));
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
-    for profile in ["debug", "release"] {
-        let p = target.join(profile).join(name);
-        if p.exists() {
+    let fallback = ["debug", "release"].map(|p| target.join(p));
+    for dir in own_dirs.chain(fallback) {
+        let p = dir.join(name);
+        if p.is_file() {
             return Ok(p);
         }
     }

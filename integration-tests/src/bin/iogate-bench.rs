@@ -1,0 +1,177 @@
+//! `make bench`: what iogate costs, measured on this machine.
+//!
+//! * `policy`: the plugin's own work per CreateContainer (policy decision and
+//!   adjustment), in-process;
+//! * `hook`: one `iogate-oci-hook apply` run against a real cgroup, beside a
+//!   `/bin/true` spawn measured in the same loop (the floor for any hook);
+//! * `start`: CreateContainer + StartContainer on real containerd 2.1, with
+//!   the plugin connected and without, alternating in blocks in one run.
+//!
+//! Figures are medians and 95th percentiles; compare the ratios within one
+//! run, not absolute numbers across machines.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use iogate_core::{CgroupFs, CgroupVersion, Config, Device, Policy};
+use iogate_integration_tests::containerd_daemon::Version;
+use iogate_integration_tests::cri_client::ContainerSpec;
+use iogate_integration_tests::host_lock::HostLock;
+use iogate_integration_tests::stack::{PluginMode, Stack, StackOptions};
+use iogate_nri_plugin::api;
+use iogate_nri_plugin::limiter::Limiter;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn summary(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    (percentile(&v, 0.5), percentile(&v, 0.95))
+}
+
+fn bench_policy() -> Result<()> {
+    let config = Config { exempt_namespaces: vec!["trusted".into()], ..Config::default() };
+    let limiter = Limiter::new(
+        Policy::new(config, vec![Device::new(8, 0)]),
+        CgroupFs::new(CgroupVersion::V1, "/sys/fs/cgroup/blkio"),
+    );
+    let mut pod = api::PodSandbox::new();
+    pod.name = "web-0".into();
+    pod.namespace = "shop".into();
+    pod.annotations = HashMap::from([
+        ("iogate.io/read-iops".to_string(), "300".to_string()),
+        ("kubectl.kubernetes.io/last-applied-configuration".to_string(), "{}".to_string()),
+    ]);
+    let mut ctr = api::Container::new();
+    ctr.name = "app".into();
+    // tracing has no subscriber here, so logging costs only its level check.
+    let batch = 10_000;
+    let mut per_call = Vec::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        for _ in 0..batch {
+            std::hint::black_box(limiter.create_container(&pod, &ctr)?);
+        }
+        per_call.push(t.elapsed() / batch);
+    }
+    let (p50, p95) = summary(per_call);
+    println!(
+        "policy: CreateContainer decision + adjustment: median {p50:?} per call, p95 {p95:?} (30 batches of {batch})"
+    );
+    Ok(())
+}
+
+fn bench_hook() -> Result<()> {
+    let hook = iogate_integration_tests::workspace_binary("iogate-oci-hook")?;
+    let cg = format!("/sys/fs/cgroup/blkio/iogate-bench-{}", std::process::id());
+    std::fs::create_dir_all(&cg)?;
+    let mut sleeper = Command::new("sleep").arg("300").spawn()?;
+    let result = (|| -> Result<()> {
+        std::fs::write(format!("{cg}/cgroup.procs"), sleeper.id().to_string())?;
+        let state = format!(
+            r#"{{"ociVersion":"1.0.2","id":"bench","status":"created","pid":{},"bundle":"/nonexistent"}}"#,
+            sleeper.id()
+        );
+        let run = |cmd: &mut Command| -> Result<Duration> {
+            let t = Instant::now();
+            let mut child = cmd.stdin(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+            // /bin/true may exit before reading: a broken pipe is expected there.
+            let _ = child.stdin.take().context("stdin")?.write_all(state.as_bytes());
+            let st = child.wait()?;
+            anyhow::ensure!(st.success(), "{cmd:?} failed");
+            Ok(t.elapsed())
+        };
+        let (mut h, mut t) = (Vec::new(), Vec::new());
+        for i in 0..400 {
+            // Alternating limits makes every second run a real write.
+            let riops = if i % 2 == 0 { "7:0 riops=500" } else { "7:0 riops=600" };
+            h.push(run(Command::new(&hook).args(["apply", "--io-max", riops]))?);
+            t.push(run(&mut Command::new("/bin/true"))?);
+        }
+        let ((h50, h95), (t50, t95)) = (summary(h), summary(t));
+        println!("hook: iogate-oci-hook apply: median {h50:?}, p95 {h95:?}; /bin/true spawn: median {t50:?}, p95 {t95:?} (400 runs each, interleaved)");
+        Ok(())
+    })();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let _ = std::fs::remove_dir(&cg);
+    result
+}
+
+fn bench_start() -> Result<()> {
+    let lock = HostLock::acquire()?;
+    let mut stack = Stack::start(
+        &lock,
+        StackOptions {
+            version: Version::V2_1,
+            cgroup: CgroupVersion::V1,
+            plugin: PluginMode::External,
+            policy: String::new(),
+            plugin_env: Vec::new(),
+        },
+    )?;
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let mut n = 0;
+    for block in 0..6 {
+        let plugged = block % 2 == 0;
+        if plugged && stack.plugin.is_none() {
+            stack.start_external_plugin(&[])?;
+        } else if !plugged {
+            if let Some(mut p) = stack.plugin.take() {
+                p.stop();
+                // Let containerd notice the disconnect before measuring.
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        for _ in 0..8 {
+            n += 1;
+            let spec = stack.pod_spec("bench", &format!("p{n}"), &[]);
+            let data = stack.data_dir("bench")?;
+            let image = stack.image.reference.clone();
+            let cri = stack.cri();
+            let pod = cri.run_pod(&spec)?;
+            let ctr = ContainerSpec {
+                name: "app".into(),
+                image,
+                command: vec!["/bin/sleep".into(), "60".into()],
+                mounts: vec![(data, "/data".into())],
+            };
+            let t = Instant::now();
+            let id = cri.create_container(&pod, &ctr).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            cri.start_container(&id)?;
+            let took = t.elapsed();
+            if plugged {
+                with.push(took)
+            } else {
+                without.push(took)
+            }
+            cri.remove_pod(&pod)?;
+        }
+    }
+    let ((w50, w95), (o50, o95)) = (summary(with), summary(without));
+    println!(
+        "start: containerd 2.1 CreateContainer+StartContainer: with plugin median {w50:?} p95 {w95:?}; without median {o50:?} p95 {o95:?}; median ratio {:.2} (24 containers each, alternating blocks of 8)",
+        w50.as_secs_f64() / o50.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let which: Vec<String> = std::env::args().skip(1).collect();
+    let all = which.is_empty();
+    let want = |n: &str| all || which.iter().any(|w| w == n);
+    if want("policy") {
+        bench_policy()?;
+    }
+    if want("hook") {
+        bench_hook()?;
+    }
+    if want("start") {
+        bench_start()?;
+    }
+    Ok(())
+}
