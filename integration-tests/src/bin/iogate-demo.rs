@@ -20,6 +20,9 @@ use iogate_integration_tests::stack::{PluginMode, Stack, StackOptions, DATA_IN_C
 /// Built-in defaults, plus one namespace whose pods may exempt themselves.
 const DEMO_POLICY: &str = "[exemptions]\nnamespaces = [\"trusted\"]\n";
 
+/// namespace, pod name, annotations
+type DemoPod = (&'static str, &'static str, &'static [(&'static str, &'static str)]);
+
 fn main() -> Result<()> {
     anyhow::ensure!(nix::unistd::Uid::effective().is_root(), "the demo needs root (containerd, loop devices, cgroups)");
     let lock = HostLock::acquire()?;
@@ -37,7 +40,7 @@ fn main() -> Result<()> {
         },
     )?;
     println!("data disk: {} ({})\n", stack.device, stack.disk.as_ref().context("disk")?.device().display());
-    let pods: [(&str, &str, &[(&str, &str)]); 3] = [
+    let pods: [DemoPod; 3] = [
         ("shop", "plain", &[]),
         ("shop", "annotated", &[("iogate.io/read-iops", "150")]),
         ("trusted", "backup", &[("iogate.io/exempt", "true")]),
