@@ -75,6 +75,8 @@ pub enum CgroupError {
         "{path} does not exist: on cgroup v2 the io controller must be enabled in the parent's cgroup.subtree_control"
     )]
     NoIoMax { path: PathBuf },
+    #[error("process {pid} is in the root {version} cgroup: expected a container's own cgroup; refusing to throttle the whole host")]
+    RootCgroup { pid: u32, version: CgroupVersion },
 }
 
 /// A container's cgroup directory in the hierarchy that carries block I/O.
@@ -235,7 +237,13 @@ impl CgroupFs {
             mount: self.mount.clone(),
             root: self.root.clone(),
         })?;
-        Ok(CgroupPath(self.mount.join(inside.trim_start_matches('/'))))
+        let inside = inside.trim_start_matches('/');
+        // A limit on the root cgroup would throttle every process on the
+        // host; no container lives there, so this is always a mistake.
+        if inside.is_empty() {
+            return Err(CgroupError::RootCgroup { pid, version: self.version });
+        }
+        Ok(CgroupPath(self.mount.join(inside)))
     }
 
     /// The cgroup directory for a path relative to the hierarchy root, as in
@@ -402,6 +410,10 @@ mod tests {
         );
         let e = CgroupFs::new(CgroupVersion::V1, "/x").with_proc(p.path()).cgroup_of_pid(7).unwrap_err();
         assert!(e.to_string().contains("expected a line for hierarchy-id:...blkio...:/path"), "{e}");
+        let p = fake_proc(9, "7:blkio:/\n0::/\n");
+        let e =
+            CgroupFs::new(CgroupVersion::V1, "/sys/fs/cgroup/blkio").with_proc(p.path()).cgroup_of_pid(9).unwrap_err();
+        assert_eq!(e.to_string(), "process 9 is in the root v1 cgroup: expected a container's own cgroup; refusing to throttle the whole host");
     }
 
     #[test]

@@ -78,8 +78,10 @@ fn run(opts: &Options, stdin: impl std::io::Read, strict: &mut bool) -> Result<S
                     .map(Into::into)
                     .or_else(|| std::path::Path::new(DEFAULT_CONFIG).exists().then(|| DEFAULT_CONFIG.into()))
             });
-            let config = Config::load(path.as_deref(), |k| std::env::var(k).ok())?;
-            *strict |= config.strict;
+            let mut config = Config::load(path.as_deref(), |k| std::env::var(k).ok())?;
+            // --strict also makes the policy refuse malformed annotations.
+            config.strict |= *strict;
+            *strict = config.strict;
             let spec = input::read_spec(&state)?;
             let annotations = spec.annotations().clone().unwrap_or_default();
             let who = identity::identify(state.id(), &annotations);
