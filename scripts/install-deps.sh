@@ -18,9 +18,6 @@ PACKAGES=(
   busybox-static    # the test image's userland (/bin/busybox, statically linked)
   e2fsprogs         # mkfs.ext4 for the loop-device data disks
   util-linux        # losetup, mount, umount, chroot for the loop-disk and image fixtures
-  clang llvm        # compile and link the eBPF programs
-  libbpf-dev        # bpf_helpers.h and libbpf for the eBPF side
-  bpftool           # skeletons and BTF dumps (vmlinux.h) for the eBPF side
   make pkg-config   # the Makefile, and -sys crates that locate C libraries
   jq                # scripts read containerd/podman JSON output
   # The CRI client crate (k8s-cri) runs protoc in its build script through

@@ -362,12 +362,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         BinaryName = "{runc}"
         SystemdCgroup = false
+        # runc's state under ours, not in the host's /run/containerd/runc.
+        Root = "{runc_root}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{cni_bin}"
     conf_dir = "{cni_conf}"
 {nri}"#,
             cni_bin = p("cni-bin"),
             cni_conf = p("cni-conf"),
+            runc_root = p("state/runc"),
         ),
         Version::V2_1 => format!(
             r#"version = 3
@@ -386,6 +389,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
         BinaryName = "{runc}"
         SystemdCgroup = false
+        # runc's state under ours, not in the host's /run/containerd/runc.
+        Root = "{runc_root}"
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["{cni_bin}"]
     conf_dir = "{cni_conf}"
@@ -394,6 +399,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 {nri}"#,
             cni_bin = p("cni-bin"),
             cni_conf = p("cni-conf"),
+            runc_root = p("state/runc"),
         ),
     }
 }

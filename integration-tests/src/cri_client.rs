@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 pub struct Cri {
     rt: tokio::runtime::Runtime,
     client: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
     log_root: PathBuf,
 }
 
@@ -57,7 +59,38 @@ impl Cri {
                     .await
             })
             .with_context(|| format!("connecting to CRI at {}", socket.display()))?;
-        Ok(Cri { rt, client: RuntimeServiceClient::new(channel), log_root: log_root.to_path_buf() })
+        Ok(Cri {
+            rt,
+            client: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+            log_root: log_root.to_path_buf(),
+        })
+    }
+
+    /// Waits until CRI knows `reference`: `ctr images import` tells CRI by an
+    /// event, asynchronously, and a pod started before would try a pull.
+    pub fn wait_for_image(&mut self, reference: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let req = cri::ImageStatusRequest {
+                image: Some(cri::ImageSpec { image: reference.into(), ..Default::default() }),
+                verbose: false,
+            };
+            let found = self
+                .rt
+                .block_on(self.images.image_status(req))
+                .map_err(|s| anyhow::anyhow!("ImageStatus {reference}: {}", s.message()))?
+                .into_inner()
+                .image
+                .is_some();
+            if found {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("CRI does not list image {reference} {timeout:?} after its import");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn run_pod(&mut self, spec: &PodSpec) -> Result<Pod> {

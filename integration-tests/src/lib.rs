@@ -11,6 +11,7 @@ pub mod host_lock;
 pub mod loop_disk;
 pub mod oci_image;
 pub mod process;
+pub mod runc_bundle;
 pub mod stack;
 
 use std::path::PathBuf;

@@ -89,8 +89,21 @@ impl Stack {
             CgroupVersion::V2 => CgroupFs::new(CgroupVersion::V2, CgroupV2Io::unified_mount()),
         };
         let wrapper = if v2 { CgroupV2Io::wrapper() } else { Vec::new() };
+        let plugin_log = work.path().join("plugin-pre-registered.log");
         let nri_plugins = match opts.plugin {
-            PluginMode::PreRegistered => vec![("10-iogate".to_string(), plugin_bin.clone(), Some(policy.clone()))],
+            PluginMode::PreRegistered => {
+                // containerd starts plugins with only NRI_* in the
+                // environment: a wrapper sets the rest, as an operator would.
+                let wrapper = work.path().join("iogate-nri-plugin-wrapper");
+                let mut script = format!("#!/bin/sh\nexport IOGATE_LOG_FILE='{}'\n", plugin_log.display());
+                for (k, v) in &opts.plugin_env {
+                    script.push_str(&format!("export {k}='{v}'\n"));
+                }
+                script.push_str(&format!("exec '{}' \"$@\"\n", plugin_bin.display()));
+                std::fs::write(&wrapper, script)?;
+                std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+                vec![("10-iogate".to_string(), wrapper, Some(policy.clone()))]
+            }
             PluginMode::External => Vec::new(),
         };
         let mut stack = Stack {
@@ -112,10 +125,12 @@ impl Stack {
             sandbox_image: stack.image.reference.clone(),
             nri_plugins,
             wrapper,
-            env: opts.plugin_env.clone(),
+            env: Vec::new(),
         })?;
         containerd.import_image(&stack.image.tarball)?;
-        stack.cri = Some(Cri::connect(&containerd.address(), &containerd.pod_log_dir())?);
+        let mut cri = Cri::connect(&containerd.address(), &containerd.pod_log_dir())?;
+        cri.wait_for_image(&stack.image.reference, Duration::from_secs(20))?;
+        stack.cri = Some(cri);
         stack.containerd = Some(containerd);
         if opts.plugin == PluginMode::External {
             stack.start_external_plugin(&opts.plugin_env)?;
@@ -162,12 +177,12 @@ impl Stack {
         Ok(())
     }
 
-    /// Everything the plugin logged (external) or containerd logged (which
-    /// carries a pre-registered plugin's output).
+    /// Everything the plugin logged (an external one's output, or a
+    /// pre-registered one's IOGATE_LOG_FILE).
     pub fn plugin_log(&self) -> String {
         match &self.plugin {
             Some(p) => p.output(),
-            None => self.containerd.as_ref().map(|c| c.log()).unwrap_or_default(),
+            None => std::fs::read_to_string(self.work.path().join("plugin-pre-registered.log")).unwrap_or_default(),
         }
     }
 

@@ -191,5 +191,10 @@ fn pre_registered_plugin() {
         .unwrap();
         let got = limits_of_new(&mut stack, "shop", "pre", "app", &[("iogate.io/write-iops", "150")]);
         assert_eq!(got, limits(200, 150), "{version}: pre-registered plugin");
+        // The defaults came from the config containerd passed over NRI: the
+        // plugin's own start-up default (/data) does not exist here.
+        let log = stack.plugin_log();
+        assert!(log.contains("start-up policy not usable, expecting one from containerd"), "{log}");
+        assert!(log.contains("read-iops=200 (default)"), "{log}");
     }
 }

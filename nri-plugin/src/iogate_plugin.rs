@@ -15,16 +15,28 @@ use crate::stub::Plugin;
 use crate::EventMask;
 
 pub struct IogatePlugin {
-    limiter: RwLock<Arc<Limiter>>,
+    /// `Err` until a usable policy exists: a pre-registered plugin may get
+    /// its config only in `Configure`, so a start-up config that does not
+    /// work yet (say, the default `/data` is missing) is kept as the reason.
+    limiter: RwLock<Result<Arc<Limiter>, String>>,
 }
 
 impl IogatePlugin {
     pub fn new(limiter: Limiter) -> Self {
-        IogatePlugin { limiter: RwLock::new(Arc::new(limiter)) }
+        IogatePlugin { limiter: RwLock::new(Ok(Arc::new(limiter))) }
     }
 
-    fn current(&self) -> Arc<Limiter> {
-        self.limiter.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// A plugin whose policy must still arrive in `Configure`; `reason` says
+    /// why the start-up policy was not usable.
+    pub fn awaiting_config(reason: String) -> Self {
+        IogatePlugin { limiter: RwLock::new(Err(reason)) }
+    }
+
+    fn current(&self) -> Result<Arc<Limiter>> {
+        match &*self.limiter.read().unwrap_or_else(|p| p.into_inner()) {
+            Ok(l) => Ok(l.clone()),
+            Err(reason) => anyhow::bail!("iogate has no usable policy: {reason}"),
+        }
     }
 }
 
@@ -72,12 +84,13 @@ impl Plugin for IogatePlugin {
     fn configure(&self, req: &api::ConfigureRequest) -> Result<()> {
         info!(runtime = %req.runtime_name, version = %req.runtime_version, "connected to runtime");
         if req.config.trim().is_empty() {
-            return Ok(());
+            // Refusing registration is the loud way to say we cannot work.
+            return self.current().map(|_| ());
         }
         let origin = PathBuf::from(format!("<config from {} via NRI>", req.runtime_name));
         let config = Config::from_toml(&req.config, Path::new(&origin), |k| std::env::var(k).ok())?;
         let limiter = build_limiter(config)?;
-        *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(limiter);
+        *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = Ok(Arc::new(limiter));
         Ok(())
     }
 
@@ -87,7 +100,7 @@ impl Plugin for IogatePlugin {
         containers: &[api::Container],
     ) -> Result<Vec<api::ContainerUpdate>> {
         info!(pods = pods.len(), containers = containers.len(), "synchronizing existing containers");
-        self.current().synchronize(pods, containers);
+        self.current()?.synchronize(pods, containers);
         Ok(Vec::new())
     }
 
@@ -96,6 +109,47 @@ impl Plugin for IogatePlugin {
         pod: &api::PodSandbox,
         ctr: &api::Container,
     ) -> Result<(api::ContainerAdjustment, Vec<api::ContainerUpdate>)> {
-        Ok((self.current().create_container(pod, ctr)?, Vec::new()))
+        Ok((self.current()?.create_container(pod, ctr)?, Vec::new()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_usable_policy_registration_is_refused_with_the_reason() {
+        let p = IogatePlugin::awaiting_config("data mount /data: expected an existing directory".into());
+        let e = p.configure(&api::ConfigureRequest::new()).unwrap_err();
+        assert_eq!(format!("{e:#}"), "iogate has no usable policy: data mount /data: expected an existing directory");
+        let e = p.create_container(&api::PodSandbox::new(), &api::Container::new()).unwrap_err();
+        assert!(format!("{e:#}").starts_with("iogate has no usable policy"));
+    }
+
+    #[test]
+    fn policy_from_configure_replaces_the_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = IogatePlugin::awaiting_config("no /data".into());
+        let mut req = api::ConfigureRequest::new();
+        // Any existing file stands in for the hook binary.
+        let hook = std::env::current_exe().unwrap();
+        req.config = format!(
+            "hook-path = \"{}\"\n[devices]\nmounts = [\"{}\"]\n[defaults]\nread-iops = 77\n",
+            hook.display(),
+            dir.path().display()
+        );
+        match p.configure(&req) {
+            Ok(()) => {
+                let mut pod = api::PodSandbox::new();
+                pod.namespace = "shop".into();
+                let mut ctr = api::Container::new();
+                ctr.name = "app".into();
+                let (adj, _) = p.create_container(&pod, &ctr).unwrap();
+                assert!(adj.hooks.is_some() || adj.linux.is_some(), "expected limits in {adj:?}");
+            }
+            // A machine whose temp dir is not on a block device (tmpfs)
+            // cannot resolve it; the error must say so.
+            Err(e) => assert!(format!("{e:#}").contains("not a block device"), "{e:#}"),
+        }
     }
 }

@@ -21,7 +21,8 @@ usage: iogate-nri-plugin [--config FILE] [--socket PATH] [--name NAME] [--index 
   --config FILE  policy file (TOML); default $IOGATE_CONFIG, else /etc/iogate/config.toml if it exists
   --socket PATH  containerd's NRI socket for an external plugin (default /var/run/nri/nri.sock)
   --name, --index  NRI registration (default iogate, 10)
-Environment: CONTAINER_IOPS_LIMIT, DATA_MOUNT, EXCLUDE_KEYWORDS, CGROUP_VERSION, IOGATE_* (see README).
+Environment: CONTAINER_IOPS_LIMIT, DATA_MOUNT, EXCLUDE_KEYWORDS, CGROUP_VERSION, IOGATE_* (see README);
+IOGATE_LOG (filter, default info), IOGATE_LOG_FILE (log to this file instead of stderr).
 When containerd starts it from its plugin directory, the connection and name come from NRI_PLUGIN_*.";
 
 const DEFAULT_CONFIG: &str = "/etc/iogate/config.toml";
@@ -62,14 +63,21 @@ fn parse_args() -> Result<Args> {
 fn run() -> Result<()> {
     let args = parse_args()?;
     let config = Config::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
-    let plugin = IogatePlugin::new(build_limiter(config)?);
-    let stub = Stub::new(Arc::new(plugin));
     match PreRegistered::from_env()? {
         Some(launched) => {
             tracing::info!(name = launched.identity.name(), index = launched.identity.index(), "started by containerd");
-            stub.run_pre_registered(launched)
+            // containerd may still hand us the policy in Configure.
+            let plugin = match build_limiter(config) {
+                Ok(limiter) => IogatePlugin::new(limiter),
+                Err(e) => {
+                    tracing::warn!("start-up policy not usable, expecting one from containerd: {e:#}");
+                    IogatePlugin::awaiting_config(format!("{e:#}"))
+                }
+            };
+            Stub::new(Arc::new(plugin)).run_pre_registered(launched)
         }
         None => {
+            let stub = Stub::new(Arc::new(IogatePlugin::new(build_limiter(config)?)));
             let identity = Identity::new(&args.name, &args.index)?;
             tracing::info!(socket = %args.socket.display(), "connecting to containerd as an external plugin");
             stub.run_external(&args.socket, &identity)
@@ -78,11 +86,20 @@ fn run() -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("IOGATE_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IOGATE_LOG").unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
+    // containerd discards a pre-registered plugin's output and gives it
+    // only NRI_* variables: a wrapper script can point this at a file.
+    match std::env::var_os("IOGATE_LOG_FILE") {
+        Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+            Ok(file) => logs.with_writer(std::sync::Mutex::new(file)).init(),
+            Err(e) => {
+                eprintln!("iogate-nri-plugin: error: cannot open IOGATE_LOG_FILE {}: {e}", path.to_string_lossy());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => logs.with_writer(std::io::stderr).init(),
+    }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
