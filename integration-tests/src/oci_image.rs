@@ -12,6 +12,8 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 pub const REFERENCE: &str = "localhost/iogate-test:latest";
+/// Bump when the image's contents or config change.
+const RECIPE: &str = "r2";
 
 const APPLETS: &[&str] =
     &["sh", "sleep", "cat", "echo", "ls", "dd", "mkdir", "grep", "true", "false", "sync", "rm", "env", "id", "ps"];
@@ -99,7 +101,8 @@ fn put_blob(blobs: &Path, bytes: &[u8]) -> Result<(String, u64)> {
 /// Builds the image under `dest_dir` (reused when already there).
 pub fn build_test_image(dest_dir: &Path) -> Result<TestImage> {
     let rootfs = dest_dir.join("rootfs");
-    let tarball = dest_dir.join("iogate-test.oci.tar");
+    // The name carries the recipe's version: a changed recipe rebuilds.
+    let tarball = dest_dir.join(format!("iogate-test-{RECIPE}.oci.tar"));
     let image = TestImage { rootfs: rootfs.clone(), tarball: tarball.clone(), reference: REFERENCE.to_string() };
     if tarball.exists() && rootfs.join("usr/bin/fio").exists() {
         return Ok(image);
@@ -128,7 +131,9 @@ pub fn build_test_image(dest_dir: &Path) -> Result<TestImage> {
         "os": "linux",
         "config": {
             "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Entrypoint": ["/bin/sleep", "2147483647"],
+            // Cmd, not Entrypoint: `podman run IMAGE fio ...` and CRI
+            // containers replace it instead of appending to it.
+            "Cmd": ["/bin/sleep", "2147483647"],
             "WorkingDir": "/"
         },
         "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_digest}")] }

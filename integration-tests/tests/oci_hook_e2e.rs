@@ -68,3 +68,111 @@ fn runc_bundle_is_throttled_from_its_first_io() {
         std::panic::resume_unwind(p);
     }
 }
+
+/// Podman with `--hooks-dir` pointing at the shipped hooks.d file (only the
+/// binary path and environment filled in): same guarantee, no NRI anywhere.
+#[test]
+fn podman_with_the_shipped_hooks_d_file() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIPPED: needs root (podman, loop devices, cgroups)");
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/podman").exists() {
+        panic!("expected podman at /usr/bin/podman (scripts/install-deps.sh installs it)");
+    }
+    let _lock = HostLock::acquire().unwrap();
+    let image = oci_image::build_test_image(&oci_image::default_image_dir()).unwrap();
+    let disk = LoopDisk::new(512).unwrap();
+    let (maj, min) = disk.major_minor().unwrap();
+    let data = disk.subdir("podman").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let hook = iogate_integration_tests::workspace_binary("iogate-oci-hook").unwrap();
+    let log = work.path().join("hook.log");
+
+    let shipped = iogate_integration_tests::repo_root().join("oci-hook/config/hooks.d/iogate.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&shipped).unwrap()).unwrap();
+    spec["hook"]["path"] = json!(hook);
+    spec["hook"]["args"] = json!(["iogate-oci-hook", "--log", log]);
+    spec["hook"]["env"] = json!([format!("DATA_MOUNT={}", disk.mount_point().display())]);
+    let hooks_dir = work.path().join("hooks.d");
+    std::fs::create_dir(&hooks_dir).unwrap();
+    std::fs::write(hooks_dir.join("iogate.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+
+    let parent = format!("/iogate-podman-{}", std::process::id());
+    let podman = |args: &[&str]| {
+        let out = std::process::Command::new("podman")
+            .arg("--root")
+            .arg(work.path().join("root"))
+            .arg("--runroot")
+            .arg(work.path().join("runroot"))
+            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", "/usr/sbin/runc"])
+            .arg("--hooks-dir")
+            .arg(&hooks_dir)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let job = Job::new("fio", Rw::RandRead, 5);
+    job.prepare(&data).unwrap();
+    let result = std::panic::catch_unwind(|| {
+        let (ok, _, err) = podman(&["load", "-i", image.tarball.to_str().unwrap()]);
+        assert!(ok, "podman load: {err}");
+        let volume = format!("{}:/data", data.display());
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            "iogate-podman",
+            "--network",
+            "none",
+            "--cgroup-parent",
+            &parent,
+            // This machine's root lacks CAP_SYS_RESOURCE: podman's default rlimits would fail in runc.
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            "--annotation",
+            "iogate.io/read-iops=120",
+            "-v",
+            &volume,
+            oci_image::REFERENCE,
+        ];
+        let cmd = job.command("/data");
+        args.extend(cmd.iter().map(String::as_str));
+        let (ok, _, err) = podman(&args);
+        assert!(ok, "podman run: {err}");
+        let (_, pid, _) = podman(&["inspect", "-f", "{{.State.Pid}}", "iogate-podman"]);
+        let pid: u32 = pid.parse().unwrap_or_else(|_| panic!("podman inspect pid: {pid:?}"));
+        if pid == 0 {
+            let (_, out, err) = podman(&["logs", "iogate-podman"]);
+            panic!(
+                "the podman container is not running; logs: {out} {err}; hook log: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        let cgroups = CgroupFs::new(CgroupVersion::V1, "/sys/fs/cgroup/blkio");
+        let cg = cgroups.cgroup_of_pid(pid).unwrap();
+        let got = cgroups.read_limits(&cg, Device::new(maj, min)).unwrap();
+        assert_eq!(got, Limits { read_iops: Some(120), write_iops: Some(500), ..Limits::UNLIMITED });
+        let (ok, code, err) = podman(&["wait", "iogate-podman"]);
+        assert!(ok && code == "0", "fio in podman: exit {code} {err}");
+        let m = Measured::read(&job, &data).unwrap();
+        eprintln!("podman: limit 120 read IOPS, measured {:.1}, per second {:?}", m.iops, m.per_second);
+        assert!(fio::within(m.iops, 120.0, 10.0), "measured {:.1} IOPS, limit 120", m.iops);
+        assert!(m.per_second[0] <= 132.0, "first second at {:.1} IOPS: not throttled from the start", m.per_second[0]);
+    });
+    let _ = podman(&["rm", "--force", "--all"]);
+    let _ = podman(&["system", "reset", "--force"]);
+    remove_cgroup_tree(&parent);
+    // podman keeps its conmon cgroups under /libpod_parent.
+    remove_cgroup_tree("/libpod_parent");
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}
