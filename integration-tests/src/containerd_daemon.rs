@@ -55,8 +55,12 @@ pub struct Options {
     /// Runs containerd through this prefix (e.g. a private cgroup-v2 mount
     /// namespace); empty for none.
     pub wrapper: Vec<String>,
-    /// Environment for containerd (and so for pre-registered plugins).
+    /// Environment for containerd.
     pub env: Vec<(String, String)>,
+    /// containerd without NRI: a CRI base runtime spec for runc (which is
+    /// how the OCI hook is wired in before NRI), with `iogate.io/*` pod
+    /// annotations passed into container specs.
+    pub base_runtime_spec: Option<PathBuf>,
 }
 
 pub struct Containerd {
@@ -99,7 +103,18 @@ impl Containerd {
                 std::fs::write(d.join("nri-conf").join(format!("{name}.conf")), text)?;
             }
         }
-        let config = render_config(opts.version, d, &opts.sandbox_image, &runc_path()?);
+        let mut config = render_config(opts.version, d, &opts.sandbox_image, &runc_path()?);
+        if let Some(spec) = &opts.base_runtime_spec {
+            // Keys of the runc runtime table, the same in both config versions.
+            let runtime_table = "runtime_type = \"io.containerd.runc.v2\"\n";
+            let extra = format!(
+                "runtime_type = \"io.containerd.runc.v2\"\n      base_runtime_spec = \"{}\"\n      pod_annotations = [\"iogate.io/*\"]\n",
+                spec.display()
+            );
+            config = config.replace(runtime_table, &extra);
+            config =
+                config.replace("  disable = false\n  disable_connections", "  disable = true\n  disable_connections");
+        }
         std::fs::write(d.join("config.toml"), config)?;
         let mut c = Containerd { version: opts.version, dir, child: None, opts_wrapper: opts.wrapper, env: opts.env };
         c.spawn()?;

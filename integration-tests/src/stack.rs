@@ -27,6 +27,9 @@ pub enum PluginMode {
     External,
     /// Linked into containerd's plugin dir; its config arrives via NRI.
     PreRegistered,
+    /// No NRI: the OCI hook in a CRI base runtime spec made by the shipped
+    /// recipe (`oci-hook/config/containerd-base-runtime-spec.sh`).
+    BaseRuntimeSpecHook,
 }
 
 pub struct StackOptions {
@@ -104,7 +107,15 @@ impl Stack {
                 std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
                 vec![("10-iogate".to_string(), wrapper, Some(policy.clone()))]
             }
-            PluginMode::External => Vec::new(),
+            PluginMode::External | PluginMode::BaseRuntimeSpecHook => Vec::new(),
+        };
+        let base_runtime_spec = match opts.plugin {
+            PluginMode::BaseRuntimeSpecHook => {
+                let policy_path = work.path().join("iogate.toml");
+                std::fs::write(&policy_path, &policy)?;
+                Some(base_runtime_spec(opts.version, work.path(), &hook_bin, &policy_path)?)
+            }
+            _ => None,
         };
         let mut stack = Stack {
             cri: None,
@@ -126,6 +137,7 @@ impl Stack {
             nri_plugins,
             wrapper,
             env: Vec::new(),
+            base_runtime_spec,
         })?;
         containerd.import_image(&stack.image.tarball)?;
         let mut cri = Cri::connect(&containerd.address(), &containerd.pod_log_dir())?;
@@ -178,11 +190,14 @@ impl Stack {
     }
 
     /// Everything the plugin logged (an external one's output, or a
-    /// pre-registered one's IOGATE_LOG_FILE).
+    /// pre-registered one's IOGATE_LOG_FILE), or the base-spec hook's log.
     pub fn plugin_log(&self) -> String {
         match &self.plugin {
             Some(p) => p.output(),
-            None => std::fs::read_to_string(self.work.path().join("plugin-pre-registered.log")).unwrap_or_default(),
+            None => ["plugin-pre-registered.log", "hook.log"]
+                .iter()
+                .map(|f| std::fs::read_to_string(self.work.path().join(f)).unwrap_or_default())
+                .collect(),
         }
     }
 
@@ -251,4 +266,30 @@ impl Drop for Stack {
         containerd_daemon::remove_cgroup_tree(&self.cgroup_parent);
         drop(self.disk.take());
     }
+}
+
+/// Runs the shipped recipe with this version's `ctr`, then points the hook
+/// at this build and this test's policy file.
+fn base_runtime_spec(
+    version: Version,
+    dir: &std::path::Path,
+    hook: &std::path::Path,
+    policy: &std::path::Path,
+) -> Result<PathBuf> {
+    let out = dir.join("base-spec.json");
+    let script = crate::repo_root().join("oci-hook/config/containerd-base-runtime-spec.sh");
+    let st = Command::new(&script)
+        .arg(&out)
+        .arg(hook)
+        .env("PATH", format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", version.bin_dir().display()))
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    anyhow::ensure!(st.status.success(), "{} failed: {}", script.display(), String::from_utf8_lossy(&st.stderr));
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&out)?)?;
+    let hooks = spec["hooks"]["createRuntime"].as_array_mut().context("recipe wrote no createRuntime hook")?;
+    let ours = hooks.last_mut().context("recipe wrote an empty createRuntime list")?;
+    ours["env"] = serde_json::json!([format!("IOGATE_CONFIG={}", policy.display())]);
+    ours["args"] = serde_json::json!(["iogate-oci-hook", "--log", dir.join("hook.log")]);
+    std::fs::write(&out, serde_json::to_vec_pretty(&spec)?)?;
+    Ok(out)
 }

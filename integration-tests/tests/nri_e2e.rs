@@ -198,3 +198,29 @@ fn pre_registered_plugin() {
         assert!(log.contains("read-iops=200 (default)"), "{log}");
     }
 }
+
+/// containerd without NRI (the setup of clusters not yet on 1.7): the OCI
+/// hook comes from a CRI base runtime spec made by the shipped recipe, and
+/// decides from the pod annotations containerd copies into the spec.
+#[test]
+fn base_runtime_spec_hook_without_nri() {
+    if !root() {
+        return;
+    }
+    let lock = HostLock::acquire().unwrap();
+    let mut stack = Stack::start(
+        &lock,
+        StackOptions {
+            version: Version::V1_7,
+            cgroup: CgroupVersion::V1,
+            plugin: PluginMode::BaseRuntimeSpecHook,
+            policy: POLICY.into(),
+            plugin_env: Vec::new(),
+        },
+    )
+    .unwrap();
+    let got = limits_of_new(&mut stack, "shop", "legacy", "app", &[("iogate.io/write-iops", "90")]);
+    assert_eq!(got, limits(200, 90), "base runtime spec hook");
+    let log = stack.plugin_log();
+    assert!(log.contains("pod shop/legacy container app: cgroup v1"), "{log}");
+}
