@@ -76,7 +76,7 @@ fn bench_hook() -> Result<()> {
             r#"{{"ociVersion":"1.0.2","id":"bench","status":"created","pid":{},"bundle":"/nonexistent"}}"#,
             sleeper.id()
         );
-        let run = |cmd: &mut Command| -> Result<Duration> {
+        let run = |cmd: &mut Command, state: &str| -> Result<Duration> {
             let t = Instant::now();
             let mut child = cmd.stdin(Stdio::piped()).stderr(Stdio::null()).spawn()?;
             // /bin/true may exit before reading: a broken pipe is expected there.
@@ -85,15 +85,27 @@ fn bench_hook() -> Result<()> {
             anyhow::ensure!(st.success(), "{cmd:?} failed");
             Ok(t.elapsed())
         };
-        let (mut h, mut t) = (Vec::new(), Vec::new());
+        // Decide mode reads a bundle, as under hooks.d: annotations as
+        // containerd's CRI writes them, the data mount on the root disk.
+        let bundle = tempfile::tempdir()?;
+        std::fs::write(
+            bundle.path().join("config.json"),
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"annotations":{
+                "io.kubernetes.cri.container-type":"container","io.kubernetes.cri.container-name":"app",
+                "io.kubernetes.cri.sandbox-name":"web-0","io.kubernetes.cri.sandbox-namespace":"shop",
+                "io.kubernetes.cri.image-name":"registry.local/app:1","iogate.io/read-iops":"300"}}"#,
+        )?;
+        let decide_state = state.replace("/nonexistent", &bundle.path().display().to_string());
+        let (mut h, mut d, mut t) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..400 {
             // Alternating limits makes every second run a real write.
             let riops = if i % 2 == 0 { "7:0 riops=500" } else { "7:0 riops=600" };
-            h.push(run(Command::new(&hook).args(["apply", "--io-max", riops]))?);
-            t.push(run(&mut Command::new("/bin/true"))?);
+            h.push(run(Command::new(&hook).args(["apply", "--io-max", riops]), &state)?);
+            d.push(run(Command::new(&hook).env("DATA_MOUNT", "/var/tmp").env_remove("IOGATE_CONFIG"), &decide_state)?);
+            t.push(run(&mut Command::new("/bin/true"), &state)?);
         }
-        let ((h50, h95), (t50, t95)) = (summary(h), summary(t));
-        println!("hook: iogate-oci-hook apply: median {h50:?}, p95 {h95:?}; /bin/true spawn: median {t50:?}, p95 {t95:?} (400 runs each, interleaved)");
+        let ((h50, h95), (d50, d95), (t50, t95)) = (summary(h), summary(d), summary(t));
+        println!("hook: iogate-oci-hook apply: median {h50:?}, p95 {h95:?}; decide (hooks.d mode): median {d50:?}, p95 {d95:?}; /bin/true spawn: median {t50:?}, p95 {t95:?} (400 runs each, interleaved)");
         Ok(())
     })();
     let _ = sleeper.kill();
