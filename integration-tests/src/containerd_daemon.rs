@@ -342,7 +342,22 @@ fn render_config(version: Version, d: &Path, sandbox_image: &str, runc: &Path) -
         plugins = p("nri-plugins"),
         conf = p("nri-conf")
     );
-    let runc = runc.display();
+    // The runc runtime table is the same in both versions, under the
+    // plugin that owns runtimes there.
+    let runc_runtime = |plugin: &str| {
+        format!(
+            r#"    [plugins."{plugin}".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."{plugin}".containerd.runtimes.runc.options]
+        BinaryName = "{runc}"
+        SystemdCgroup = false
+        # runc's state under ours, not in the host's /run/containerd/runc.
+        Root = "{runc_root}"
+"#,
+            runc = runc.display(),
+            runc_root = p("state/runc"),
+        )
+    };
     let common = format!(
         r#"root = "{root}"
 state = "{state}"
@@ -372,20 +387,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        BinaryName = "{runc}"
-        SystemdCgroup = false
-        # runc's state under ours, not in the host's /run/containerd/runc.
-        Root = "{runc_root}"
-  [plugins."io.containerd.grpc.v1.cri".cni]
+{runc_runtime}  [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{cni_bin}"
     conf_dir = "{cni_conf}"
 {nri}"#,
             cni_bin = p("cni-bin"),
             cni_conf = p("cni-conf"),
-            runc_root = p("state/runc"),
+            runc_runtime = runc_runtime("io.containerd.grpc.v1.cri"),
         ),
         Version::V2_1 => format!(
             r#"version = 3
@@ -399,14 +407,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   restrict_oom_score_adj = true
   [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"
-    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
-        BinaryName = "{runc}"
-        SystemdCgroup = false
-        # runc's state under ours, not in the host's /run/containerd/runc.
-        Root = "{runc_root}"
-  [plugins."io.containerd.cri.v1.runtime".cni]
+{runc_runtime}  [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["{cni_bin}"]
     conf_dir = "{cni_conf}"
 [plugins."io.containerd.grpc.v1.cri"]
@@ -414,7 +415,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 {nri}"#,
             cni_bin = p("cni-bin"),
             cni_conf = p("cni-conf"),
-            runc_root = p("state/runc"),
+            runc_runtime = runc_runtime("io.containerd.cri.v1.runtime"),
         ),
     }
 }
