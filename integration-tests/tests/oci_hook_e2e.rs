@@ -50,6 +50,26 @@ fn runc_bundle_is_throttled_from_its_first_io() {
         let got = cgroups.read_limits(&cg, Device::new(maj, min)).unwrap();
         assert_eq!(got, Limits { read_iops: Some(150), write_iops: Some(400), ..Limits::UNLIMITED });
 
+        // Idempotent: the same hook run again on the running container
+        // changes nothing, and says so.
+        let state = format!(
+            r#"{{"ociVersion":"1.0.2","id":"{}","status":"running","pid":{pid},"bundle":"{}"}}"#,
+            bundle.id,
+            bundle.path().display()
+        );
+        let mut again = std::process::Command::new(&hook)
+            .env("DATA_MOUNT", disk.mount_point())
+            .env("CONTAINER_IOPS_LIMIT", "400")
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut again.stdin.take().unwrap(), state.as_bytes()).unwrap();
+        let out = again.wait_with_output().unwrap();
+        let line = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && line.contains(&format!("{} already has 7:", cg)), "second run: {line}");
+        assert_eq!(cgroups.read_limits(&cg, Device::new(maj, min)).unwrap(), got);
+
         // Wait for fio to finish (the container stops on its own).
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
