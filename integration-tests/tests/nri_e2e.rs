@@ -127,6 +127,17 @@ fn full_suite(lock: &HostLock, version: Version, cgroup: CgroupVersion) {
     let got = limits_of_new(&mut stack, "shop", "after-restart", "app", &[]);
     assert_eq!(got, limits(200, 200), "{v}: pod after containerd restart");
 
+    // A container that started while no plugin ran gets its limits when the
+    // plugin connects (Synchronize).
+    stack.plugin.take().unwrap().stop();
+    let spec = stack.pod_spec("shop", "early", &[("iogate.io/read-iops", "120")]);
+    let data = stack.data_dir("early").unwrap();
+    let early = stack.run(&spec, "app", sleeper(), &data).unwrap();
+    assert_eq!(stack.limits_of(early.pid).unwrap(), Limits::UNLIMITED, "{v}: no plugin, no limits");
+    stack.start_external_plugin(&[]).unwrap();
+    stack.plugin.as_mut().unwrap().wait_for("existing container limited", 1, Duration::from_secs(20)).unwrap();
+    assert_eq!(stack.limits_of(early.pid).unwrap(), limits(120, 200), "{v}: limits applied at Synchronize");
+
     // Strict mode: the malformed annotation refuses the container.
     stack.start_external_plugin(&[("IOGATE_STRICT".into(), "true".into())]).unwrap();
     let spec = stack.pod_spec("shop", "strict", &[("iogate.io/read-iops", "fast")]);
