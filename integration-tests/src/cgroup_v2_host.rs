@@ -57,6 +57,14 @@ impl CgroupV2Io {
             if !v1_mounted(point) {
                 continue;
             }
+            // Leftovers of an earlier, killed test run of ours are removed;
+            // anything else is another program's and stops the switch.
+            for e in std::fs::read_dir(point)?.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("iogate-") && e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    crate::containerd_daemon::remove_cgroup_tree(&format!("/{name}"));
+                }
+            }
             let children: Vec<String> = std::fs::read_dir(point)?
                 .flatten()
                 .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
