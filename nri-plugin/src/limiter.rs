@@ -25,6 +25,9 @@ use tracing::{info, warn};
 
 use crate::api;
 
+/// Seconds runc gives the injected hook.
+const HOOK_TIMEOUT_SECONDS: i64 = 5;
+
 /// Annotations containerd's CRI puts on every container spec.
 const CRI_IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
 
@@ -158,6 +161,9 @@ impl Limiter {
             if self.policy.config.strict {
                 hook.args.push("--strict".into());
             }
+            // runc waits for a hook without limit; a stuck one must not hang
+            // container creation (the hook itself takes ~2 ms).
+            hook.timeout = Some(api::OptionalInt { value: HOOK_TIMEOUT_SECONDS, ..Default::default() }).into();
             let mut hooks = api::Hooks::new();
             hooks.create_runtime.push(hook);
             adj.hooks = Some(hooks).into();
@@ -261,6 +267,7 @@ mod tests {
                 "--strict"
             ]
         );
+        assert_eq!(hook.timeout.value, 5);
     }
 
     #[test]
