@@ -46,6 +46,23 @@ fn v1_mounted(point: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// `num_cgroups` of a v1 controller's hierarchy (0 when it has none).
+fn v1_cgroup_count(controller: &str) -> u64 {
+    proc_cgroups_fields(controller).map_or(0, |(hierarchy, count)| if hierarchy == 0 { 0 } else { count })
+}
+
+fn v1_hierarchy_alive(controller: &str) -> bool {
+    proc_cgroups_fields(controller).is_some_and(|(hierarchy, _)| hierarchy != 0)
+}
+
+/// (hierarchy id, num_cgroups) from /proc/cgroups; hierarchy 0 is cgroup2.
+fn proc_cgroups_fields(controller: &str) -> Option<(u64, u64)> {
+    proc_cgroups().lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.first() == Some(&controller)).then(|| Some((f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?)))?
+    })
+}
+
 fn proc_cgroups() -> String {
     std::fs::read_to_string("/proc/cgroups").unwrap_or_default()
 }
@@ -76,7 +93,21 @@ impl CgroupV2Io {
         }
         // From here on Drop restores v1.
         let guard = CgroupV2Io { _private: () };
-        for (point, _, _) in MOVED {
+        let deadline = Instant::now() + SETTLE;
+        for (point, option, _) in MOVED {
+            // The kernel destroys a v1 hierarchy only if it has no child
+            // cgroups, dying ones included, at the moment of its unmount;
+            // otherwise it lingers unmounted and keeps the controller. So
+            // wait for the dying ones first (remounting a lingering one).
+            if !v1_mounted(point) && v1_hierarchy_alive(option) {
+                let _ = Command::new("mount").args(["-t", "cgroup", "-o", option, "cgroup", point]).status();
+            }
+            while v1_cgroup_count(option) > 1 {
+                if Instant::now() > deadline {
+                    bail!("v1 {option} still has dying cgroups after {SETTLE:?}; /proc/cgroups:\n{}", proc_cgroups());
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
             if v1_mounted(point) {
                 let st = Command::new("umount").arg(point).status()?;
                 anyhow::ensure!(st.success(), "umount {point} failed");
