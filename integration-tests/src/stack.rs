@@ -61,9 +61,11 @@ pub struct Stack {
     /// The cgroupfs parent of every test pod, removed at the end.
     pub cgroup_parent: String,
     cgroups: CgroupFs,
-    opts_policy: String,
+    /// The plugin's whole policy file (the test's TOML plus the data mount).
+    policy_text: String,
     work: tempfile::TempDir,
-    counter: u32,
+    /// How many times an external plugin was started (names its log).
+    plugin_starts: u32,
 }
 
 impl Stack {
@@ -127,9 +129,9 @@ impl Stack {
             device: Device::new(maj, min),
             cgroup_parent: format!("/iogate-e2e-{}", std::process::id()),
             cgroups,
-            opts_policy: policy,
+            policy_text: policy,
             work,
-            counter: 0,
+            plugin_starts: 0,
         };
         let containerd = Containerd::start(containerd_daemon::Options {
             version: opts.version,
@@ -173,7 +175,7 @@ impl Stack {
             p.stop();
         }
         let policy_path = self.work.path().join("iogate.toml");
-        std::fs::write(&policy_path, &self.opts_policy)?;
+        std::fs::write(&policy_path, &self.policy_text)?;
         let containerd = self.containerd.as_ref().context("containerd not running")?;
         let mut argv = if self.v2 { CgroupV2Io::wrapper() } else { Vec::new() };
         argv.push(crate::workspace_binary("iogate-nri-plugin")?.display().to_string());
@@ -181,8 +183,8 @@ impl Stack {
         argv.extend(["--socket".into(), containerd.nri_socket().display().to_string()]);
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]).envs(env.iter().map(|(k, v)| (k, v)));
-        let log = self.work.path().join(format!("plugin-{}.log", self.counter));
-        self.counter += 1;
+        let log = self.work.path().join(format!("plugin-{}.log", self.plugin_starts));
+        self.plugin_starts += 1;
         let mut p = Background::spawn("iogate-nri-plugin", cmd, &log)?;
         p.wait_for("connected to runtime", 1, Duration::from_secs(20))?;
         self.plugin = Some(p);
