@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("iogate-metrics-sidecar: under construction");
+    std::process::exit(2);
+}
