@@ -216,6 +216,10 @@ pub struct Snapshot {
 pub trait CounterSource: Send {
     fn kind(&self) -> SourceKind;
     fn snapshot(&mut self) -> anyhow::Result<Snapshot>;
+    /// Drops what the source keeps for cgroups that no longer exist, once
+    /// their last counts have been reported. Sources that read live cgroups
+    /// only (the statistics fallback) keep nothing, hence the default.
+    fn forget(&mut self, _removed: &[CgroupId]) {}
 }
 
 #[cfg(test)]

@@ -5,8 +5,24 @@
 //! 1. a [`counters::CounterSource`] — the eBPF program on the block
 //!    tracepoints, or the cgroups' own statistics when eBPF cannot load —
 //!    yields growing counters per cgroup, device and direction;
-//! 2. cgroup ids become containers and pods;
-//! 3. two snapshots make rates, latencies and percentiles;
-//! 4. HTTP serves them: the IOEye REST API and Prometheus.
+//! 2. [`frame`]: cgroup ids become containers and pods ([`attribution`]),
+//!    with the limits in force;
+//! 3. [`window`]: two frames make usage per pod → container → device;
+//!    [`report`] turns it into IOEye's fields plus percentiles, judged by
+//!    [`diagnosis`] (bottleneck) and [`history`] (trend, anomaly);
+//! 4. [`http`] serves the REST API and [`prometheus`] text.
+//!
+//! [`sampler`] runs steps 1–3 once per interval and [`state`] holds what the
+//! handlers read.
 
+pub mod attribution;
 pub mod counters;
+pub mod diagnosis;
+pub mod frame;
+pub mod history;
+pub mod http;
+pub mod prometheus;
+pub mod report;
+pub mod sampler;
+pub mod state;
+pub mod window;

@@ -1,0 +1,302 @@
+//! The REST API's documents, with IOEye's field names so existing scripts
+//! keep working, and more beside them (percentiles, per container and
+//! device, the limits in force).
+//!
+//! Latency fields are `null` when latency is unavailable (the cgroup
+//! statistics fallback), never zero: a zero would read as "fast".
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use iogate_core::Limits;
+use serde::Serialize;
+
+use crate::counters::{IoCounters, Log2Histogram};
+use crate::diagnosis::{diagnose, limit_fraction, Bottleneck, NetworkMajors};
+use crate::history::{History, Trend};
+use crate::window::{GroupKey, GroupUsage, Window};
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// One pod's (or plain cgroup's) metrics over the last window.
+#[derive(Debug, Clone, Serialize)]
+pub struct PodMetrics {
+    pub pod_name: String,
+    pub namespace: String,
+    pub read_latency_ns: Option<u64>,
+    pub write_latency_ns: Option<u64>,
+    pub read_iops: u64,
+    pub write_iops: u64,
+    pub read_throughput_bps: u64,
+    pub write_throughput_bps: u64,
+    pub queue_latency_ns: Option<u64>,
+    pub disk_latency_ns: Option<u64>,
+    pub timestamp: String,
+    // Beyond IOEye.
+    pub pod_uid: Option<String>,
+    /// `pod`, or `cgroup` for a cgroup that belongs to no pod.
+    pub kind: &'static str,
+    pub latency_available: bool,
+    pub read_latency_p50_ns: Option<u64>,
+    pub read_latency_p95_ns: Option<u64>,
+    pub read_latency_p99_ns: Option<u64>,
+    pub write_latency_p50_ns: Option<u64>,
+    pub write_latency_p95_ns: Option<u64>,
+    pub write_latency_p99_ns: Option<u64>,
+    pub window_seconds: f64,
+    pub containers: Vec<ContainerMetrics>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerMetrics {
+    pub container: Option<String>,
+    pub container_id: Option<String>,
+    pub cgroup: String,
+    pub devices: Vec<DeviceMetrics>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceMetrics {
+    pub device: String,
+    pub read_iops: f64,
+    pub write_iops: f64,
+    pub read_throughput_bps: f64,
+    pub write_throughput_bps: f64,
+    /// The limits in force (`null` knob: unlimited); `null` when they could
+    /// not be read.
+    pub limits: Option<LimitsDoc>,
+    /// Usage as a fraction of the tightest limit (0 when unlimited).
+    pub limit_utilization: f64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LimitsDoc {
+    pub read_iops: Option<u64>,
+    pub write_iops: Option<u64>,
+    pub read_bps: Option<u64>,
+    pub write_bps: Option<u64>,
+}
+
+impl From<Limits> for LimitsDoc {
+    fn from(l: Limits) -> Self {
+        LimitsDoc { read_iops: l.read_iops, write_iops: l.write_iops, read_bps: l.read_bps, write_bps: l.write_bps }
+    }
+}
+
+/// A pod's metrics with the judgements IOEye puts next to them.
+#[derive(Debug, Clone)]
+pub struct Assessed {
+    pub key: GroupKey,
+    pub metrics: PodMetrics,
+    pub bottleneck: Bottleneck,
+    pub anomaly: bool,
+    pub trend: Option<Trend>,
+}
+
+impl Assessed {
+    /// The latency topslow sorts by: the slower direction's mean.
+    pub fn slowness(&self) -> Option<u64> {
+        self.metrics.read_latency_ns.max(self.metrics.write_latency_ns)
+    }
+}
+
+fn mean(sum: u64, n: u64) -> Option<u64> {
+    (n > 0).then(|| sum / n)
+}
+
+fn quantile(h: &Log2Histogram, q: f64, available: bool) -> Option<u64> {
+    if available {
+        h.quantile_ns(q)
+    } else {
+        None
+    }
+}
+
+fn pod_metrics(group: &GroupUsage, window: &Window) -> PodMetrics {
+    let available = window.source.has_latency();
+    let latency = |c: &IoCounters| if available { mean(c.queue_ns + c.disk_ns, c.ops) } else { None };
+    let mut both = group.read;
+    both.add(&group.write);
+    let (pod_name, namespace, kind) = match &group.key {
+        GroupKey::Pod { namespace, name } => (name.clone(), namespace.clone(), "pod"),
+        GroupKey::Cgroup(path) => (path.clone(), String::new(), "cgroup"),
+    };
+    let rate = |n: u64| window.per_second(n).round() as u64;
+    PodMetrics {
+        pod_name,
+        namespace,
+        read_latency_ns: latency(&group.read),
+        write_latency_ns: latency(&group.write),
+        read_iops: rate(group.read.ops),
+        write_iops: rate(group.write.ops),
+        read_throughput_bps: rate(group.read.bytes),
+        write_throughput_bps: rate(group.write.bytes),
+        queue_latency_ns: if available { mean(both.queue_ns, both.queued_ops) } else { None },
+        disk_latency_ns: if available { mean(both.disk_ns, both.ops) } else { None },
+        timestamp: rfc3339(window.ended),
+        pod_uid: group.pod_uid.clone(),
+        kind,
+        latency_available: available,
+        read_latency_p50_ns: quantile(&group.read.total_hist, 0.50, available),
+        read_latency_p95_ns: quantile(&group.read.total_hist, 0.95, available),
+        read_latency_p99_ns: quantile(&group.read.total_hist, 0.99, available),
+        write_latency_p50_ns: quantile(&group.write.total_hist, 0.50, available),
+        write_latency_p95_ns: quantile(&group.write.total_hist, 0.95, available),
+        write_latency_p99_ns: quantile(&group.write.total_hist, 0.99, available),
+        window_seconds: window.seconds,
+        containers: group
+            .containers
+            .iter()
+            .map(|c| ContainerMetrics {
+                container: c.workload.container.clone(),
+                container_id: c.workload.container_id.clone(),
+                cgroup: c.workload.cgroup.clone(),
+                devices: c
+                    .devices
+                    .iter()
+                    .map(|d| DeviceMetrics {
+                        device: d.device.to_string(),
+                        read_iops: window.per_second(d.read.ops),
+                        write_iops: window.per_second(d.write.ops),
+                        read_throughput_bps: window.per_second(d.read.bytes),
+                        write_throughput_bps: window.per_second(d.write.bytes),
+                        limits: d.limits.map(LimitsDoc::from),
+                        limit_utilization: limit_fraction(d, window.seconds),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Judges every group of a window, and records it in the history.
+pub fn assess(window: &Window, history: &mut History, network: &NetworkMajors) -> Vec<Assessed> {
+    let now = std::time::Instant::now();
+    let available = window.source.has_latency();
+    let out = window
+        .groups
+        .iter()
+        .map(|group| {
+            let metrics = pod_metrics(group, window);
+            let mut both = group.read;
+            both.add(&group.write);
+            let mean_latency = if available && both.ops > 0 {
+                Some((both.queue_ns + both.disk_ns) as f64 / both.ops as f64)
+            } else {
+                None
+            };
+            let anomaly = history.record(&group.key, now, mean_latency);
+            Assessed {
+                key: group.key.clone(),
+                bottleneck: diagnose(group, window.seconds, available, network),
+                anomaly,
+                trend: history.trend(&group.key),
+                metrics,
+            }
+        })
+        .collect();
+    history.expire(now);
+    out
+}
+
+/// Map keys for `pod_metrics`: the pod name, as IOEye has it, except where
+/// the same name exists in several namespaces; those become
+/// `namespace/name` so that no pod hides another.
+pub fn map_keys(pods: &[&Assessed]) -> Vec<String> {
+    let mut namespaces_of: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in pods {
+        *namespaces_of.entry(p.metrics.pod_name.as_str()).or_default() += 1;
+    }
+    pods.iter()
+        .map(|p| {
+            if namespaces_of[p.metrics.pod_name.as_str()] > 1 {
+                format!("{}/{}", p.metrics.namespace, p.metrics.pod_name)
+            } else {
+                p.metrics.pod_name.clone()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    use iogate_core::Device;
+
+    use super::*;
+    use crate::counters::{CgroupId, Direction, IoKey, Snapshot, SourceKind};
+    use crate::frame::testing::Table;
+    use crate::frame::Frame;
+
+    fn window(source: SourceKind) -> Window {
+        let dev = Device::new(7, 0);
+        let table = Table::default().pod(1, "shop", "web-0", "app").limit(
+            1,
+            dev,
+            Limits { read_iops: Some(200), ..Limits::UNLIMITED },
+        );
+        let t0 = Instant::now();
+        let frame = |at, ops: u64| {
+            let mut c = IoCounters { ops, bytes: ops * 4096, queued_ops: ops, ..Default::default() };
+            c.queue_ns = ops * 10_000;
+            c.disk_ns = ops * 90_000;
+            for _ in 0..ops {
+                c.total_hist.record(100_000);
+            }
+            let counters = HashMap::from([(IoKey { cgroup: CgroupId(1), device: dev, direction: Direction::Read }, c)]);
+            Frame::attribute(Snapshot { taken_at: at, source, counters }, SystemTime::UNIX_EPOCH, &table)
+        };
+        Window::between(&frame(t0, 100), &frame(t0 + Duration::from_secs(2), 300))
+    }
+
+    #[test]
+    fn ioeye_fields_come_from_the_window() {
+        let mut history = History::default();
+        let a = assess(&window(SourceKind::Ebpf), &mut history, &NetworkMajors::default());
+        let m = &a[0].metrics;
+        assert_eq!((m.pod_name.as_str(), m.namespace.as_str()), ("web-0", "shop"));
+        assert_eq!((m.read_iops, m.read_throughput_bps, m.write_iops), (100, 409_600, 0));
+        assert_eq!(
+            (m.read_latency_ns, m.queue_latency_ns, m.disk_latency_ns),
+            (Some(100_000), Some(10_000), Some(90_000))
+        );
+        assert!((65_536..131_072).contains(&m.read_latency_p50_ns.unwrap()));
+        assert_eq!(m.write_latency_ns, None, "no writes: no write latency");
+        assert_eq!(m.timestamp, "1970-01-01T00:00:00Z");
+        let dev = &m.containers[0].devices[0];
+        assert_eq!(dev.limits.unwrap().read_iops, Some(200));
+        assert!((dev.limit_utilization - 0.5).abs() < 1e-9);
+        assert_eq!(a[0].bottleneck, Bottleneck::None);
+    }
+
+    #[test]
+    fn the_fallback_marks_latency_unavailable_instead_of_zero() {
+        let mut history = History::default();
+        let a = assess(&window(SourceKind::CgroupStats), &mut history, &NetworkMajors::default());
+        let m = &a[0].metrics;
+        assert_eq!(m.read_iops, 100);
+        assert!(!m.latency_available);
+        assert_eq!(
+            (m.read_latency_ns, m.queue_latency_ns, m.disk_latency_ns, m.read_latency_p99_ns),
+            (None, None, None, None)
+        );
+        assert_eq!(a[0].bottleneck, Bottleneck::Unknown);
+        let json = serde_json::to_value(m).unwrap();
+        assert!(json["read_latency_ns"].is_null());
+    }
+
+    #[test]
+    fn clashing_pod_names_are_qualified_by_namespace() {
+        let mut history = History::default();
+        let base = &assess(&window(SourceKind::Ebpf), &mut history, &NetworkMajors::default())[0];
+        let mut other = base.clone();
+        other.metrics.namespace = "staging".into();
+        let mut alone = base.clone();
+        alone.metrics.pod_name = "db-0".into();
+        assert_eq!(map_keys(&[base, &other, &alone]), vec!["shop/web-0", "staging/web-0", "db-0"]);
+    }
+}

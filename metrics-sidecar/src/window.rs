@@ -1,0 +1,200 @@
+//! What happened between two frames, grouped the way people ask about it:
+//! pod → container → device, and plain cgroups (system services, anything
+//! that is not a pod) on their own.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+use iogate_core::{Device, Limits};
+
+use crate::attribution::Workload;
+use crate::counters::{CgroupId, Direction, IoCounters, SourceKind};
+use crate::frame::Frame;
+
+/// A pod (by namespace and name, the names users query) or a cgroup that
+/// belongs to no pod (by path).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GroupKey {
+    Pod { namespace: String, name: String },
+    Cgroup(String),
+}
+
+impl GroupKey {
+    pub fn of(workload: &Workload) -> GroupKey {
+        match (&workload.pod, &workload.pod_uid) {
+            (Some(name), _) => {
+                GroupKey::Pod { namespace: workload.namespace.clone().unwrap_or_default(), name: name.clone() }
+            }
+            (None, Some(uid)) => {
+                GroupKey::Pod { namespace: workload.namespace.clone().unwrap_or_default(), name: uid.clone() }
+            }
+            (None, None) => GroupKey::Cgroup(workload.cgroup.clone()),
+        }
+    }
+}
+
+/// Usage of one device by one container (or cgroup) over the window.
+#[derive(Debug, Clone)]
+pub struct DeviceUsage {
+    pub device: Device,
+    pub read: IoCounters,
+    pub write: IoCounters,
+    pub limits: Option<Limits>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerUsage {
+    pub workload: Workload,
+    pub devices: Vec<DeviceUsage>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GroupUsage {
+    pub key: GroupKey,
+    pub pod_uid: Option<String>,
+    pub containers: Vec<ContainerUsage>,
+    /// All containers and devices together.
+    pub read: IoCounters,
+    pub write: IoCounters,
+}
+
+impl GroupUsage {
+    pub fn direction(&self, d: Direction) -> &IoCounters {
+        match d {
+            Direction::Read => &self.read,
+            Direction::Write => &self.write,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub seconds: f64,
+    pub ended: SystemTime,
+    pub source: SourceKind,
+    pub groups: Vec<GroupUsage>,
+}
+
+impl Window {
+    /// Usage between `earlier` and `later`. A series absent from `earlier`
+    /// started inside the window (sources count from zero), so all of it
+    /// counts.
+    pub fn between(earlier: &Frame, later: &Frame) -> Window {
+        let before: HashMap<(CgroupId, Device, Direction), &IoCounters> =
+            earlier.series.iter().map(|s| ((s.cgroup, s.device, s.direction), &s.counters)).collect();
+        let zero = IoCounters::default();
+
+        // group → container (cgroup) → device
+        let mut groups: BTreeMap<GroupKey, BTreeMap<CgroupId, ContainerUsage>> = BTreeMap::new();
+        for s in &later.series {
+            let prev = before.get(&(s.cgroup, s.device, s.direction)).copied().unwrap_or(&zero);
+            let delta = s.counters.since(prev);
+            let container = groups
+                .entry(GroupKey::of(&s.workload))
+                .or_default()
+                .entry(s.cgroup)
+                .or_insert_with(|| ContainerUsage { workload: s.workload.clone(), devices: Vec::new() });
+            let device = match container.devices.iter_mut().position(|d| d.device == s.device) {
+                Some(i) => &mut container.devices[i],
+                None => {
+                    container.devices.push(DeviceUsage {
+                        device: s.device,
+                        read: IoCounters::default(),
+                        write: IoCounters::default(),
+                        limits: s.limits,
+                    });
+                    container.devices.last_mut().expect("just pushed")
+                }
+            };
+            match s.direction {
+                Direction::Read => device.read.add(&delta),
+                Direction::Write => device.write.add(&delta),
+            }
+        }
+
+        let groups = groups
+            .into_iter()
+            .map(|(key, containers)| {
+                let containers: Vec<ContainerUsage> = containers.into_values().collect();
+                let mut read = IoCounters::default();
+                let mut write = IoCounters::default();
+                for d in containers.iter().flat_map(|c| &c.devices) {
+                    read.add(&d.read);
+                    write.add(&d.write);
+                }
+                let pod_uid = containers.iter().find_map(|c| c.workload.pod_uid.clone());
+                GroupUsage { key, pod_uid, containers, read, write }
+            })
+            .collect();
+
+        Window {
+            seconds: later.taken_at.saturating_duration_since(earlier.taken_at).as_secs_f64(),
+            ended: later.wall,
+            source: later.source,
+            groups,
+        }
+    }
+
+    pub fn per_second(&self, count: u64) -> f64 {
+        if self.seconds > 0.0 {
+            count as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::counters::{IoKey, Snapshot};
+    use crate::frame::testing::Table;
+
+    fn frame(at: Instant, table: &Table, entries: &[(u64, Direction, u64, u64)]) -> Frame {
+        let mut counters = HashMap::new();
+        for &(id, direction, ops, bytes) in entries {
+            counters.insert(
+                IoKey { cgroup: CgroupId(id), device: Device::new(7, 0), direction },
+                IoCounters { ops, bytes, ..Default::default() },
+            );
+        }
+        Frame::attribute(Snapshot { taken_at: at, source: SourceKind::Ebpf, counters }, SystemTime::now(), table)
+    }
+
+    #[test]
+    fn containers_of_one_pod_add_up_and_plain_cgroups_stand_alone() {
+        let table = Table::default()
+            .pod(1, "shop", "web-0", "app")
+            .pod(2, "shop", "web-0", "sidecar")
+            .pod(3, "db", "pg-0", "postgres")
+            .cgroup(4, "/system.slice/backup.service");
+        let t0 = Instant::now();
+        let a = frame(t0, &table, &[(1, Direction::Read, 100, 409_600), (2, Direction::Write, 10, 40_960)]);
+        let b = frame(
+            t0 + Duration::from_secs(2),
+            &table,
+            &[
+                (1, Direction::Read, 300, 1_228_800),
+                (2, Direction::Write, 50, 204_800),
+                (3, Direction::Read, 40, 163_840),
+                (4, Direction::Write, 8, 32_768),
+            ],
+        );
+        let w = Window::between(&a, &b);
+        assert!((w.seconds - 2.0).abs() < 1e-9);
+        let web = w
+            .groups
+            .iter()
+            .find(|g| g.key == GroupKey::Pod { namespace: "shop".into(), name: "web-0".into() })
+            .unwrap();
+        assert_eq!((web.read.ops, web.write.ops, web.containers.len()), (200, 40, 2));
+        assert_eq!(w.per_second(web.read.ops), 100.0);
+        // pg-0 appeared inside the window: everything it did counts.
+        let pg = w.groups.iter().find(|g| matches!(&g.key, GroupKey::Pod { name, .. } if name == "pg-0")).unwrap();
+        assert_eq!(pg.read.ops, 40);
+        assert!(w.groups.iter().any(|g| g.key == GroupKey::Cgroup("/system.slice/backup.service".into())));
+    }
+}
