@@ -10,4 +10,5 @@
 //! 4. HTTP serves them: the IOEye REST API and Prometheus.
 
 pub mod cgroup_path;
+pub mod cgroup_tree;
 pub mod counters;
