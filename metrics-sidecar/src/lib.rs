@@ -12,3 +12,4 @@
 pub mod cgroup_path;
 pub mod cgroup_tree;
 pub mod counters;
+pub mod pods;
