@@ -12,4 +12,5 @@
 pub mod cgroup_path;
 pub mod cgroup_tree;
 pub mod counters;
+pub mod identity;
 pub mod pods;
