@@ -344,6 +344,34 @@ mod tests {
         assert_eq!(names(&d, STATIC), None);
     }
 
+    /// The only test that touches the process environment (`KUBECONFIG`),
+    /// so it cannot race another.
+    #[tokio::test]
+    async fn connect_without_a_reachable_cluster() {
+        let t = tempfile::tempdir().unwrap();
+        std::env::remove_var("KUBERNETES_SERVICE_HOST");
+        std::env::set_var("KUBECONFIG", t.path().join("absent"));
+        let e = PodDirectory::connect("node1").await.err().expect("no configuration must fail");
+        assert!(format!("{e:#}").starts_with("no Kubernetes API configuration"), "{e:#}");
+
+        // A configuration whose server refuses connections: the directory
+        // exists and keeps syncing, the watch retries instead of panicking.
+        let config = "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+            clusters: [{name: k, cluster: {server: \"https://127.0.0.1:9\"}}]\n\
+            users: [{name: u, user: {token: t}}]\n\
+            contexts: [{name: c, context: {cluster: k, user: u}}]\n";
+        std::fs::write(t.path().join("config"), config).unwrap();
+        std::env::set_var("KUBECONFIG", t.path().join("config"));
+        let (d, run) = PodDirectory::connect("node1").await.unwrap();
+        let watch = tokio::spawn(run);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(!watch.is_finished(), "the watch must keep retrying");
+        assert_eq!(d.status(), DirectoryStatus::Syncing);
+        watch.abort();
+        let e = PodDirectory::connect("").await.err().unwrap().to_string();
+        assert_eq!(e, "expected the node's name to select its pods, found an empty name");
+    }
+
     #[test]
     fn not_connected_says_why() {
         let d = PodDirectory::not_connected("no kubeconfig");
