@@ -338,6 +338,24 @@ mod tests {
     }
 
     #[test]
+    fn this_process_cgroup_on_this_host() {
+        // The real kernfs: a directory's inode is the id the kernel reports.
+        let fs = crate::cgroup_tree::io_hierarchy(Default::default()).expect("a host with a block-I/O hierarchy");
+        let ours = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let want = match fs.version {
+            CgroupVersion::V1 => ours.lines().find_map(|l| l.split(':').nth(2).filter(|_| l.contains("blkio"))),
+            CgroupVersion::V2 => ours.lines().find_map(|l| l.strip_prefix("0::")),
+        }
+        .unwrap()
+        .to_string();
+        let ids = Identities::new(fs.clone(), PodDirectory::not_connected("test")).unwrap();
+        let dir = fs.mount.join(want.trim_start_matches('/'));
+        let us = id(&dir);
+        assert_eq!(ids.workload(us).unwrap().cgroup, want);
+        assert!(ids.limits(us, Device::new(8, 0)).is_some());
+    }
+
+    #[test]
     fn a_namespaced_mount_keeps_the_pod_in_the_path() {
         // Inside a cgroup namespace the mount's root is the pod's own cgroup.
         let t = tempfile::tempdir().unwrap();

@@ -5,7 +5,9 @@
 //! 1. a [`counters::CounterSource`] — the eBPF program on the block
 //!    tracepoints, or the cgroups' own statistics when eBPF cannot load —
 //!    yields growing counters per cgroup, device and direction;
-//! 2. cgroup ids become containers and pods;
+//! 2. cgroup ids become containers and pods ([`identity`], from the
+//!    hierarchy walk in [`cgroup_tree`], the path rules in [`cgroup_path`]
+//!    and the API names in [`pods`]);
 //! 3. two snapshots make rates, latencies and percentiles;
 //! 4. HTTP serves them: the IOEye REST API and Prometheus.
 
