@@ -7,18 +7,7 @@
 use iogate_core::{Device, Limits};
 
 use crate::counters::CgroupId;
-
-/// A cgroup's owner. Fields that are `None` are unknown (not a pod, or the
-/// API was not reachable).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub struct Workload {
-    pub namespace: Option<String>,
-    pub pod: Option<String>,
-    pub pod_uid: Option<String>,
-    pub container: Option<String>,
-    pub container_id: Option<String>,
-    pub cgroup: String,
-}
+use crate::identity::{Identities, Workload};
 
 pub trait Attribution {
     /// `None` for a cgroup that no longer exists (its counters expire).
@@ -26,4 +15,14 @@ pub trait Attribution {
     /// The limits in force on that cgroup for that device; `None` when they
     /// could not be read.
     fn limits(&self, id: CgroupId, device: Device) -> Option<Limits>;
+}
+
+impl Attribution for Identities {
+    fn workload(&self, id: CgroupId) -> Option<Workload> {
+        Identities::workload(self, id)
+    }
+
+    fn limits(&self, id: CgroupId, device: Device) -> Option<Limits> {
+        Identities::limits(self, id, device)
+    }
 }

@@ -136,7 +136,7 @@ pub fn diagnose(group: &GroupUsage, seconds: f64, latency_available: bool, netwo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attribution::Workload;
+    use crate::identity::Workload;
     use crate::window::{ContainerUsage, GroupKey};
 
     fn group(read: IoCounters, limits: Option<Limits>, device: Device) -> GroupUsage {
@@ -144,17 +144,7 @@ mod tests {
         GroupUsage {
             key: GroupKey::Pod { namespace: "ns".into(), name: "p".into() },
             pod_uid: None,
-            containers: vec![ContainerUsage {
-                workload: Workload {
-                    namespace: None,
-                    pod: None,
-                    pod_uid: None,
-                    container: None,
-                    container_id: None,
-                    cgroup: "/x".into(),
-                },
-                devices: vec![usage],
-            }],
+            containers: vec![ContainerUsage { workload: Workload::outside_pods("/x".into()), devices: vec![usage] }],
             read,
             write: IoCounters::default(),
         }

@@ -6,8 +6,9 @@ use std::time::{Instant, SystemTime};
 
 use iogate_core::{Device, Limits};
 
-use crate::attribution::{Attribution, Workload};
+use crate::attribution::Attribution;
 use crate::counters::{CgroupId, Direction, IoCounters, Snapshot, SourceKind};
+use crate::identity::Workload;
 
 /// One cgroup's counters for one device and direction.
 #[derive(Debug, Clone)]
@@ -42,14 +43,7 @@ impl Frame {
             .map(|(key, counters)| {
                 let workload = who.workload(key.cgroup).unwrap_or_else(|| {
                     removed.push(key.cgroup);
-                    Workload {
-                        namespace: None,
-                        pod: None,
-                        pod_uid: None,
-                        container: None,
-                        container_id: None,
-                        cgroup: format!("(removed) {}", key.cgroup),
-                    }
+                    Workload::outside_pods(format!("(removed) {}", key.cgroup))
                 });
                 let limits = who.limits(key.cgroup, key.device);
                 Series { cgroup: key.cgroup, workload, device: key.device, direction: key.direction, counters, limits }
@@ -57,7 +51,12 @@ impl Frame {
             .collect();
         // Stable order: reports and /metrics read the same way every scrape.
         series.sort_by(|a, b| {
-            (&a.workload, a.device, a.direction, a.cgroup).cmp(&(&b.workload, b.device, b.direction, b.cgroup))
+            (&a.workload.cgroup, a.device, a.direction, a.cgroup).cmp(&(
+                &b.workload.cgroup,
+                b.device,
+                b.direction,
+                b.cgroup,
+            ))
         });
         removed.sort();
         removed.dedup();
@@ -80,32 +79,23 @@ pub(crate) mod testing {
 
     impl Table {
         pub fn pod(mut self, id: u64, namespace: &str, pod: &str, container: &str) -> Self {
-            self.owners.insert(
-                CgroupId(id),
-                Workload {
-                    namespace: Some(namespace.into()),
-                    pod: Some(pod.into()),
-                    pod_uid: Some(format!("uid-{pod}")),
-                    container: Some(container.into()),
-                    container_id: Some(format!("cid-{container}")),
-                    cgroup: format!("/kubepods/pod-{pod}/{container}"),
-                },
-            );
+            // Distinct, valid ids derived from the cgroup id.
+            let uid = format!("00000000-0000-4000-8000-{:012x}", id);
+            let cid = format!("{:064x}", id);
+            let mut w = Workload::outside_pods(format!("/kubepods/pod{uid}/{cid}"));
+            w.namespace = Some(namespace.into());
+            w.pod = Some(pod.into());
+            w.pod_uid = Some(uid.parse().expect("valid uid"));
+            w.container = Some(container.into());
+            w.container_id = Some(cid.parse().expect("valid container id"));
+            w.pod_name_from_api = true;
+            w.container_name_from_api = true;
+            self.owners.insert(CgroupId(id), w);
             self
         }
 
         pub fn cgroup(mut self, id: u64, path: &str) -> Self {
-            self.owners.insert(
-                CgroupId(id),
-                Workload {
-                    namespace: None,
-                    pod: None,
-                    pod_uid: None,
-                    container: None,
-                    container_id: None,
-                    cgroup: path.into(),
-                },
-            );
+            self.owners.insert(CgroupId(id), Workload::outside_pods(path.into()));
             self
         }
 

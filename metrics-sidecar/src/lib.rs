@@ -5,8 +5,10 @@
 //! 1. a [`counters::CounterSource`] — the eBPF program on the block
 //!    tracepoints, or the cgroups' own statistics when eBPF cannot load —
 //!    yields growing counters per cgroup, device and direction;
-//! 2. [`frame`]: cgroup ids become containers and pods ([`attribution`]),
-//!    with the limits in force;
+//! 2. [`frame`]: cgroup ids become containers and pods ([`identity`], from
+//!    the hierarchy walk in [`cgroup_tree`], the path rules in
+//!    [`cgroup_path`] and the API names in [`pods`]), with the limits in
+//!    force, behind the [`attribution::Attribution`] trait;
 //! 3. [`window`]: two frames make usage per pod → container → device;
 //!    [`report`] turns it into IOEye's fields plus percentiles, judged by
 //!    [`diagnosis`] (bottleneck) and [`history`] (trend, anomaly);
@@ -16,11 +18,15 @@
 //! handlers read.
 
 pub mod attribution;
+pub mod cgroup_path;
+pub mod cgroup_tree;
 pub mod counters;
 pub mod diagnosis;
 pub mod frame;
 pub mod history;
 pub mod http;
+pub mod identity;
+pub mod pods;
 pub mod prometheus;
 pub mod report;
 pub mod sampler;

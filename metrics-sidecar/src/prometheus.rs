@@ -39,8 +39,8 @@ fn labels(s: &Series) -> String {
     format!(
         "namespace=\"{}\",pod=\"{}\",container=\"{}\",cgroup=\"{}\",device=\"{}\",direction=\"{}\"",
         escape(w.namespace.as_deref().unwrap_or("")),
-        escape(w.pod.as_deref().or(w.pod_uid.as_deref()).unwrap_or("")),
-        escape(w.container.as_deref().or(w.container_id.as_deref()).unwrap_or("")),
+        escape(w.pod.as_deref().unwrap_or("")),
+        escape(w.container.as_deref().unwrap_or("")),
         escape(&w.cgroup),
         s.device,
         s.direction
@@ -194,7 +194,7 @@ mod tests {
     #[test]
     fn histograms_are_cumulative_and_end_at_the_count() {
         let text = render(Some(&frame(SourceKind::Ebpf)), SelfState { ebpf_loaded: true, pods_synced: true });
-        let l = "namespace=\"shop\",pod=\"web-0\",container=\"app\",cgroup=\"/kubepods/pod-web-0/app\",device=\"7:0\",direction=\"read\"";
+        let l = "namespace=\"shop\",pod=\"web-0\",container=\"app\",cgroup=\"/kubepods/pod00000000-0000-4000-8000-000000000001/0000000000000000000000000000000000000000000000000000000000000001\",device=\"7:0\",direction=\"read\"";
         for line in [
             format!("iogate_io_requests_total{{{l}}} 3"),
             format!("iogate_io_bytes_total{{{l}}} 12288"),

@@ -151,7 +151,7 @@ fn pod_metrics(group: &GroupUsage, window: &Window) -> PodMetrics {
             .iter()
             .map(|c| ContainerMetrics {
                 container: c.workload.container.clone(),
-                container_id: c.workload.container_id.clone(),
+                container_id: c.workload.container_id.as_ref().map(|c| c.to_string()),
                 cgroup: c.workload.cgroup.clone(),
                 devices: c
                     .devices

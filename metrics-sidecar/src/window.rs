@@ -7,9 +7,9 @@ use std::time::SystemTime;
 
 use iogate_core::{Device, Limits};
 
-use crate::attribution::Workload;
 use crate::counters::{CgroupId, Direction, IoCounters, SourceKind};
 use crate::frame::Frame;
+use crate::identity::Workload;
 
 /// A pod (by namespace and name, the names users query) or a cgroup that
 /// belongs to no pod (by path).
@@ -21,14 +21,10 @@ pub enum GroupKey {
 
 impl GroupKey {
     pub fn of(workload: &Workload) -> GroupKey {
-        match (&workload.pod, &workload.pod_uid) {
-            (Some(name), _) => {
-                GroupKey::Pod { namespace: workload.namespace.clone().unwrap_or_default(), name: name.clone() }
-            }
-            (None, Some(uid)) => {
-                GroupKey::Pod { namespace: workload.namespace.clone().unwrap_or_default(), name: uid.clone() }
-            }
-            (None, None) => GroupKey::Cgroup(workload.cgroup.clone()),
+        let name = workload.pod.clone().or_else(|| workload.pod_uid.as_ref().map(|u| u.to_string()));
+        match name {
+            Some(name) => GroupKey::Pod { namespace: workload.namespace.clone().unwrap_or_default(), name },
+            None => GroupKey::Cgroup(workload.cgroup.clone()),
         }
     }
 }
@@ -122,7 +118,7 @@ impl Window {
                     read.add(&d.read);
                     write.add(&d.write);
                 }
-                let pod_uid = containers.iter().find_map(|c| c.workload.pod_uid.clone());
+                let pod_uid = containers.iter().find_map(|c| c.workload.pod_uid.as_ref().map(|u| u.to_string()));
                 GroupUsage { key, pod_uid, containers, read, write }
             })
             .collect();
