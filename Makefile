@@ -19,6 +19,7 @@ test: deps containerd
 
 deps:
 	scripts/install-deps.sh
+	scripts/fetch-promtool.sh
 
 containerd:
 	scripts/fetch-containerd.sh

@@ -25,6 +25,11 @@ PACKAGES=(
   # integration-tests crate does not build.
   protobuf-compiler
   ca-certificates   # apt over https mirrors
+  # The metrics sidecar's eBPF program is C (no rust-src here): its build
+  # script runs bpftool (vmlinux.h from the kernel's BTF) and clang, with
+  # libbpf's headers.
+  clang llvm libbpf-dev bpftool
+  bpftrace          # the sidecar benchmark's peer measurement
 )
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (it runs apt-get install); found uid $(id -u). Try: sudo $0"

@@ -12,6 +12,7 @@ pub mod loop_disk;
 pub mod oci_image;
 pub mod process;
 pub mod runc_bundle;
+pub mod sidecar;
 pub mod stack;
 
 use std::path::PathBuf;

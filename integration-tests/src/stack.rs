@@ -209,7 +209,7 @@ impl Stack {
     }
 
     pub fn pod_spec(&self, namespace: &str, name: &str, annotations: &[(&str, &str)]) -> PodSpec {
-        let uid = format!("{namespace}-{name}-{}", std::process::id());
+        let uid = pod_uid(namespace, name);
         PodSpec {
             name: name.into(),
             namespace: namespace.into(),
@@ -294,4 +294,23 @@ fn base_runtime_spec(
     ours["args"] = serde_json::json!(["iogate-oci-hook", "--log", dir.join("hook.log")]);
     std::fs::write(&out, serde_json::to_vec_pretty(&spec)?)?;
     Ok(out)
+}
+
+/// A UUID-shaped pod UID, as the kubelet gives pods (the metrics sidecar
+/// recognises pod cgroups only by a real UID), unique per test process.
+fn pod_uid(namespace: &str, name: &str) -> String {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    (namespace, name, std::process::id()).hash(&mut hasher);
+    let high = hasher.finish();
+    "low half".hash(&mut hasher);
+    let low = hasher.finish();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        high >> 32,
+        (high >> 16) & 0xffff,
+        high & 0xfff,
+        0x8000 | ((low >> 48) & 0x3fff),
+        low & 0xffff_ffff_ffff
+    )
 }
