@@ -9,4 +9,6 @@
 //! 3. two snapshots make rates, latencies and percentiles;
 //! 4. HTTP serves them: the IOEye REST API and Prometheus.
 
+pub mod cgroup_stats;
 pub mod counters;
+pub mod ebpf;
