@@ -40,6 +40,31 @@ struct {
 	__type(value, struct iogate_stats);
 } stats SEC(".maps");
 
+/*
+ * Requests we could not start tracking: the in-flight map refused the entry
+ * (its bucket lock was held by the context this program interrupted on the
+ * same CPU, so the kernel answers -EBUSY rather than deadlock). Their
+ * completion is not counted; userspace reports how many there were.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} untracked SEC(".maps");
+
+static __always_inline void track_issued(__u64 *id, struct inflight *f)
+{
+	__u32 zero = 0;
+	__u64 *n;
+
+	if (bpf_map_update_elem(&inflight, id, f, BPF_ANY) == 0)
+		return;
+	n = bpf_map_lookup_elem(&untracked, &zero);
+	if (n)
+		*n += 1;
+}
+
 /* Fills the key from the request; 0 when the request is not one we count. */
 static __always_inline int request_key(struct request *rq, struct iogate_key *key)
 {
@@ -108,6 +133,7 @@ int BPF_PROG(block_rq_insert, struct request *rq)
 	if (!request_key(rq, &f.key))
 		return 0;
 	f.insert_ns = bpf_ktime_get_ns();
+	/* On failure the issue creates the entry: only the queue time is lost. */
 	bpf_map_update_elem(&inflight, &id, &f, BPF_ANY);
 	return 0;
 }
@@ -120,15 +146,21 @@ int BPF_PROG(block_rq_issue, struct request *rq)
 	struct inflight *known = bpf_map_lookup_elem(&inflight, &id);
 	struct inflight f = {};
 
-	if (known) {
-		/* A requeued request is issued again: the last issue is the one the disk served. */
+	/*
+	 * An entry from this request's insert (a requeued request is inserted
+	 * and issued again: the last issue is the one the disk served). An
+	 * entry older than the request's allocation is left over from an
+	 * earlier request at the same address (merged away, or its delete
+	 * failed) and is replaced.
+	 */
+	if (known && known->insert_ns && known->insert_ns >= BPF_CORE_READ(rq, start_time_ns)) {
 		known->issue_ns = now;
 		return 0;
 	}
 	if (!request_key(rq, &f.key))
 		return 0;
 	f.issue_ns = now;
-	bpf_map_update_elem(&inflight, &id, &f, BPF_ANY);
+	track_issued(&id, &f);
 	return 0;
 }
 
@@ -165,6 +197,10 @@ int BPF_PROG(block_rq_complete, struct request *rq, blk_status_t error, unsigned
 		start = f->insert_ns;
 	}
 	hist_add(s->total_hist, now - start);
+	/* Should the delete fail (bucket lock busy in a nested context), the
+	 * entry must not pass for a live one when the address is reused. */
+	f->insert_ns = 0;
+	f->issue_ns = 0;
 	bpf_map_delete_elem(&inflight, &id);
 	return 0;
 }

@@ -8,6 +8,8 @@ use crate::counters::{CgroupId, Direction, IoCounters, IoKey, Log2Histogram, BUC
 
 /// Name of the per-key statistics map in the object file.
 pub const STATS_MAP: &str = "stats";
+/// Name of the per-CPU count of requests the program could not track.
+pub const UNTRACKED_MAP: &str = "untracked";
 
 /// `IOGATE_MINOR_BITS`: the kernel's `MKDEV` packing.
 const MINOR_BITS: u32 = 20;
@@ -64,7 +66,7 @@ impl RawKey {
 }
 
 impl RawStats {
-    pub fn to_counters(&self) -> IoCounters {
+    pub fn counters(&self) -> IoCounters {
         IoCounters {
             ops: self.ops,
             bytes: self.bytes,
@@ -110,7 +112,7 @@ mod tests {
         raw.total_hist[BUCKETS - 1] = 1;
         raw.queue_hist[Log2Histogram::bucket_of(250)] = 2;
         raw.disk_hist[0] = 3;
-        let c = raw.to_counters();
+        let c = raw.counters();
         assert_eq!((c.ops, c.bytes, c.queued_ops, c.queue_ns, c.disk_ns), (3, 12288, 2, 500, 9000));
         assert_eq!(c.total_hist.0[BUCKETS - 1], 1);
         assert_eq!(c.queue_hist.0[7], 2);

@@ -9,11 +9,11 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
 use aya::{Btf, Ebpf};
 
 use crate::counters::{CgroupId, CounterSource, IoCounters, IoKey, Snapshot, SourceKind};
-use maps::{RawKey, RawStats, STATS_MAP};
+use maps::{RawKey, RawStats, STATS_MAP, UNTRACKED_MAP};
 use probe::Probes;
 pub use probe::{ProbeError, Tracepoint};
 
@@ -115,6 +115,19 @@ impl EbpfSource {
         self.remove_where(|_, stats| now.saturating_sub(stats.last_update_ns) > idle_ns)
     }
 
+    /// Requests issued since load that the program could not follow to
+    /// completion (the kernel refused the in-flight entry, see
+    /// `bpf/iogate.bpf.c`): they are missing from every counter. A growing
+    /// number means the counts run short by that much.
+    pub fn untracked_requests(&self) -> Result<u64> {
+        let map =
+            self.ebpf.map(UNTRACKED_MAP).with_context(|| format!("expected map {UNTRACKED_MAP} in the eBPF object"))?;
+        let array: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).with_context(|| format!("opening map {UNTRACKED_MAP} as a per-CPU array"))?;
+        let per_cpu = array.get(&0, 0).with_context(|| format!("reading map {UNTRACKED_MAP}"))?;
+        Ok(per_cpu.iter().sum())
+    }
+
     fn stats_map(&mut self) -> Result<BpfHashMap<&mut MapData, RawKey, RawStats>> {
         let map =
             self.ebpf.map_mut(STATS_MAP).with_context(|| format!("expected map {STATS_MAP} in the eBPF object"))?;
@@ -161,7 +174,7 @@ impl CounterSource for EbpfSource {
                 Err(e) => return Err(e).context("reading map stats"),
             };
             let key = raw_key.to_io_key().context("reading map stats")?;
-            counters.entry(key).or_default().add(&raw_stats.to_counters());
+            counters.entry(key).or_default().add(&raw_stats.counters());
         }
         Ok(Snapshot { taken_at, source: SourceKind::Ebpf, counters })
     }
