@@ -20,15 +20,15 @@ PACKAGES=(
   util-linux        # losetup, mount, umount, chroot for the loop-disk and image fixtures
   make pkg-config   # the Makefile, and -sys crates that locate C libraries
   jq                # scripts read containerd/podman JSON output
+  # The metrics sidecar's build compiles its eBPF program (bpf/iogate.bpf.c):
+  # clang targets BPF, bpftool dumps the kernel's types into vmlinux.h, and
+  # libbpf-dev has the bpf_helpers.h family of headers.
+  clang llvm libbpf-dev bpftool
   # The CRI client crate (k8s-cri) runs protoc in its build script through
   # prost-build, which no longer bundles a protoc: without this the
   # integration-tests crate does not build.
   protobuf-compiler
   ca-certificates   # apt over https mirrors
-  # The metrics sidecar's eBPF program is C (no rust-src here): its build
-  # script runs bpftool (vmlinux.h from the kernel's BTF) and clang, with
-  # libbpf's headers.
-  clang llvm libbpf-dev bpftool
   bpftrace          # the sidecar benchmark's peer measurement
 )
 

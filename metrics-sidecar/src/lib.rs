@@ -2,9 +2,10 @@
 //!
 //! Data flows one way, top to bottom:
 //!
-//! 1. a [`counters::CounterSource`] — the eBPF program on the block
-//!    tracepoints, or the cgroups' own statistics when eBPF cannot load —
-//!    yields growing counters per cgroup, device and direction;
+//! 1. a [`counters::CounterSource`] — [`ebpf`], the program on the block
+//!    tracepoints, or [`cgroup_stats`], the cgroups' own statistics when
+//!    eBPF cannot load — yields growing counters per cgroup, device and
+//!    direction;
 //! 2. [`frame`]: cgroup ids become containers and pods ([`identity`], from
 //!    the hierarchy walk in [`cgroup_tree`], the path rules in
 //!    [`cgroup_path`] and the API names in [`pods`]), with the limits in
@@ -20,8 +21,10 @@
 pub mod attribution;
 pub mod cgroup_path;
 pub mod cgroup_tree;
+pub mod cgroup_stats;
 pub mod counters;
 pub mod diagnosis;
+pub mod ebpf;
 pub mod frame;
 pub mod history;
 pub mod http;

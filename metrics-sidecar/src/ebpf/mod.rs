@@ -1,0 +1,194 @@
+//! The eBPF counter source: `bpf/iogate.bpf.c` on the block request
+//! tracepoints, read through its statistics map.
+
+mod maps;
+mod probe;
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
+use aya::{Btf, Ebpf};
+
+use crate::counters::{CgroupId, CounterSource, IoCounters, IoKey, Snapshot, SourceKind};
+use maps::{RawKey, RawStats, STATS_MAP, UNTRACKED_MAP};
+use probe::Probes;
+pub use probe::{ProbeError, Tracepoint};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/iogate.bpf.o"));
+
+/// How often the programs ran and how long they took in total, summed over
+/// the three of them. Counted only while BPF run-time statistics are on
+/// (`EbpfSource::enable_run_stats` or `sysctl kernel.bpf_stats_enabled=1`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunStats {
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+impl RunStats {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &RunStats) -> RunStats {
+        RunStats {
+            run_count: self.run_count.saturating_sub(earlier.run_count),
+            run_time_ns: self.run_time_ns.saturating_sub(earlier.run_time_ns),
+        }
+    }
+}
+
+/// Per-cgroup block-I/O counters with latencies, from eBPF.
+///
+/// Cgroup ids are the kernfs ids of the cgroup the I/O is charged to in the
+/// hierarchy that has the block controller (blkio on v1, the unified one on
+/// v2). `CgroupId(0)` collects I/O whose bio carried no block cgroup.
+pub struct EbpfSource {
+    ebpf: Ebpf,
+    probes: Probes,
+    run_stats_fd: Option<OwnedFd>,
+}
+
+impl EbpfSource {
+    /// Loads the programs into the kernel and attaches them.
+    pub fn load() -> Result<EbpfSource> {
+        let btf = Btf::from_sys_fs().context("reading kernel BTF from /sys/kernel/btf/vmlinux")?;
+        let mut ebpf = Ebpf::load(OBJECT).context("loading the eBPF object (maps and relocations)")?;
+        let mut probes = Probes::load(&mut ebpf, &btf)?;
+        probes.attach(&mut ebpf)?;
+        Ok(EbpfSource { ebpf, probes, run_stats_fd: None })
+    }
+
+    pub fn is_attached(&self) -> bool {
+        self.probes.is_attached()
+    }
+
+    /// Attaches the programs again after [`EbpfSource::detach`]; a no-op
+    /// when attached. Requests in flight at that moment are not counted.
+    pub fn attach(&mut self) -> Result<()> {
+        Ok(self.probes.attach(&mut self.ebpf)?)
+    }
+
+    /// Stops counting (the block layer runs without the programs); the
+    /// counters so far stay readable.
+    pub fn detach(&mut self) -> Result<()> {
+        Ok(self.probes.detach(&mut self.ebpf)?)
+    }
+
+    /// Turns on the kernel's BPF run-time statistics for as long as this
+    /// source lives (they cost a little on every program run, system-wide).
+    pub fn enable_run_stats(&mut self) -> Result<()> {
+        if self.run_stats_fd.is_none() {
+            let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?;
+            self.run_stats_fd = Some(fd);
+        }
+        Ok(())
+    }
+
+    /// Run count and run time summed over the three programs; `None` when
+    /// the kernel is not collecting them or a program's info is unreadable.
+    pub fn run_stats(&self) -> Option<RunStats> {
+        if self.run_stats_fd.is_none() && !kernel_stats_enabled() {
+            return None;
+        }
+        let mut total = RunStats::default();
+        for tp in Tracepoint::ALL {
+            let info = self.ebpf.program(tp.name())?.info().ok()?;
+            total.run_count += info.run_count();
+            total.run_time_ns += info.run_time().as_nanos() as u64;
+        }
+        Some(total)
+    }
+
+    /// Drops the counters of cgroups that are gone, so the LRU map keeps its
+    /// room for live ones. Returns how many entries were removed.
+    pub fn forget(&mut self, cgroups: &[CgroupId]) -> Result<usize> {
+        let gone: HashSet<u64> = cgroups.iter().map(|c| c.0).collect();
+        self.remove_where(|key, _| gone.contains(&key.cgroup_id))
+    }
+
+    /// Drops the counters of every key without a completion for longer than
+    /// `idle`. Returns how many entries were removed.
+    pub fn expire_idle(&mut self, idle: Duration) -> Result<usize> {
+        let now = monotonic_ns()?;
+        let idle_ns = idle.as_nanos().min(u64::MAX as u128) as u64;
+        self.remove_where(|_, stats| now.saturating_sub(stats.last_update_ns) > idle_ns)
+    }
+
+    /// Requests issued since load that the program could not follow to
+    /// completion (the kernel refused the in-flight entry, see
+    /// `bpf/iogate.bpf.c`): they are missing from every counter. A growing
+    /// number means the counts run short by that much.
+    pub fn untracked_requests(&self) -> Result<u64> {
+        let map =
+            self.ebpf.map(UNTRACKED_MAP).with_context(|| format!("expected map {UNTRACKED_MAP} in the eBPF object"))?;
+        let array: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).with_context(|| format!("opening map {UNTRACKED_MAP} as a per-CPU array"))?;
+        let per_cpu = array.get(&0, 0).with_context(|| format!("reading map {UNTRACKED_MAP}"))?;
+        Ok(per_cpu.iter().sum())
+    }
+
+    fn stats_map(&mut self) -> Result<BpfHashMap<&mut MapData, RawKey, RawStats>> {
+        let map =
+            self.ebpf.map_mut(STATS_MAP).with_context(|| format!("expected map {STATS_MAP} in the eBPF object"))?;
+        BpfHashMap::try_from(map).with_context(|| format!("opening map {STATS_MAP} as a hash of key to stats"))
+    }
+
+    fn remove_where(&mut self, doomed: impl Fn(&RawKey, &RawStats) -> bool) -> Result<usize> {
+        let mut map = self.stats_map()?;
+        let mut keys = Vec::new();
+        for entry in map.iter() {
+            match entry {
+                Ok((key, stats)) if doomed(&key, &stats) => keys.push(key),
+                Ok(_) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("reading map stats"),
+            }
+        }
+        let mut removed = 0;
+        for key in keys {
+            match map.remove(&key) {
+                Ok(()) => removed += 1,
+                // Evicted by the LRU meanwhile: gone either way.
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {key:?} from map stats")),
+            }
+        }
+        Ok(removed)
+    }
+}
+
+impl CounterSource for EbpfSource {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Ebpf
+    }
+
+    fn snapshot(&mut self) -> Result<Snapshot> {
+        let map = self.stats_map()?;
+        let mut counters: HashMap<IoKey, IoCounters> = HashMap::new();
+        let taken_at = Instant::now();
+        for entry in map.iter() {
+            let (raw_key, raw_stats) = match entry {
+                Ok(kv) => kv,
+                // Removed between listing the keys and reading the value.
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("reading map stats"),
+            };
+            let key = raw_key.to_io_key().context("reading map stats")?;
+            counters.entry(key).or_default().add(&raw_stats.counters());
+        }
+        Ok(Snapshot { taken_at, source: SourceKind::Ebpf, counters })
+    }
+}
+
+fn kernel_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
+}
+
+/// The clock `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> Result<u64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    anyhow::ensure!(rc == 0, "clock_gettime(CLOCK_MONOTONIC): {}", std::io::Error::last_os_error());
+    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
