@@ -7,6 +7,7 @@ pub mod cgroup_v2_host;
 pub mod containerd_daemon;
 pub mod cri_client;
 pub mod fio;
+pub mod host_io;
 pub mod host_lock;
 pub mod loop_disk;
 pub mod oci_image;

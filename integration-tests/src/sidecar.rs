@@ -68,8 +68,9 @@ impl Sidecar {
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).with_context(|| format!("reading the response to GET {path}"))?;
         let text = String::from_utf8(raw).with_context(|| format!("GET {path}: response is not UTF-8"))?;
-        let (head, body) =
-            text.split_once("\r\n\r\n").with_context(|| format!("GET {path}: expected an HTTP response, found {text:?}"))?;
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("GET {path}: expected an HTTP response, found {text:?}"))?;
         let status = head
             .split_whitespace()
             .nth(1)

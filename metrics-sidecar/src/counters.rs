@@ -48,6 +48,12 @@ impl fmt::Display for Direction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CgroupId(pub u64);
 
+impl CgroupId {
+    /// I/O whose bio carries no block cgroup: counted, so that per-device
+    /// totals match `/proc/diskstats`, but charged to nobody.
+    pub const NONE: CgroupId = CgroupId(0);
+}
+
 impl fmt::Display for CgroupId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
@@ -219,7 +225,9 @@ pub trait CounterSource: Send {
     /// Drops what the source keeps for cgroups that no longer exist, once
     /// their last counts have been reported. Sources that read live cgroups
     /// only (the statistics fallback) keep nothing, hence the default.
-    fn forget(&mut self, _removed: &[CgroupId]) {}
+    fn forget(&mut self, _removed: &[CgroupId]) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

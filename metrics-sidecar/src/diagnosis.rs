@@ -140,7 +140,7 @@ mod tests {
     use crate::window::{ContainerUsage, GroupKey};
 
     fn group(read: IoCounters, limits: Option<Limits>, device: Device) -> GroupUsage {
-        let usage = DeviceUsage { device, read, write: IoCounters::default(), limits };
+        let usage = DeviceUsage { device, read, write: IoCounters::default(), limits, lower_layer_of: None };
         GroupUsage {
             key: GroupKey::Pod { namespace: "ns".into(), name: "p".into() },
             pod_uid: None,

@@ -41,10 +41,14 @@ impl Frame {
             .counters
             .into_iter()
             .map(|(key, counters)| {
-                let workload = who.workload(key.cgroup).unwrap_or_else(|| {
-                    removed.push(key.cgroup);
-                    Workload::outside_pods(format!("(removed) {}", key.cgroup))
-                });
+                let workload = if key.cgroup == CgroupId::NONE {
+                    Workload::outside_pods("(no cgroup)".into())
+                } else {
+                    who.workload(key.cgroup).unwrap_or_else(|| {
+                        removed.push(key.cgroup);
+                        Workload::outside_pods(format!("(removed) {}", key.cgroup))
+                    })
+                };
                 let limits = who.limits(key.cgroup, key.device);
                 Series { cgroup: key.cgroup, workload, device: key.device, direction: key.direction, counters, limits }
             })

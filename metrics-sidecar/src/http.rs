@@ -96,14 +96,14 @@ async fn all_metrics(State(shared): State<Arc<Shared>>, Query(query): Query<Hash
         bottlenecks.insert(key.clone(), pod.bottleneck.name());
         anomalies.insert(key.clone(), pod.anomaly);
     }
-    let cgroup_metrics: BTreeMap<&str, &crate::report::PodMetrics> = published
-        .assessed
-        .iter()
-        .filter_map(|a| match &a.key {
-            GroupKey::Cgroup(path) => Some((path.as_str(), &a.metrics)),
-            GroupKey::Pod { .. } => None,
-        })
-        .collect();
+    let mut cgroup_metrics = BTreeMap::new();
+    let mut cgroup_bottlenecks = BTreeMap::new();
+    for a in &published.assessed {
+        if let GroupKey::Cgroup(path) = &a.key {
+            cgroup_metrics.insert(path.as_str(), &a.metrics);
+            cgroup_bottlenecks.insert(path.as_str(), a.bottleneck.name());
+        }
+    }
     let top = slowest(&pods, DEFAULT_TOP);
     Json(json!({
         "timestamp": rfc3339(SystemTime::now()),
@@ -115,6 +115,7 @@ async fn all_metrics(State(shared): State<Arc<Shared>>, Query(query): Query<Hash
         "bottlenecks": bottlenecks,
         "anomalies": anomalies,
         "cgroup_metrics": cgroup_metrics,
+        "cgroup_bottlenecks": cgroup_bottlenecks,
     }))
     .into_response()
 }
@@ -343,6 +344,7 @@ mod tests {
         assert_eq!(v["top_slow_pods"][0]["pod_name"], "pg-0");
         assert_eq!(v["top_slow_pods"][0]["namespace"], "db");
         assert_eq!(v["cgroup_metrics"]["/system.slice/backup.service"]["read_iops"], 20);
+        assert_eq!(v["cgroup_bottlenecks"]["/system.slice/backup.service"], "none");
         assert!(v["pod_metrics"].get("/system.slice/backup.service").is_none());
     }
 

@@ -10,7 +10,8 @@
 //!    the hierarchy walk in [`cgroup_tree`], the path rules in
 //!    [`cgroup_path`] and the API names in [`pods`]), with the limits in
 //!    force, behind the [`attribution::Attribution`] trait;
-//! 3. [`window`]: two frames make usage per pod → container → device;
+//! 3. [`window`]: two frames make usage per pod → container → device
+//!    (each request counted once across [`stacking`]);
 //!    [`report`] turns it into IOEye's fields plus percentiles, judged by
 //!    [`diagnosis`] (bottleneck) and [`history`] (trend, anomaly);
 //! 4. [`http`] serves the REST API and [`prometheus`] text.
@@ -20,8 +21,8 @@
 
 pub mod attribution;
 pub mod cgroup_path;
-pub mod cgroup_tree;
 pub mod cgroup_stats;
+pub mod cgroup_tree;
 pub mod counters;
 pub mod diagnosis;
 pub mod ebpf;
@@ -33,5 +34,6 @@ pub mod pods;
 pub mod prometheus;
 pub mod report;
 pub mod sampler;
+pub mod stacking;
 pub mod state;
 pub mod window;

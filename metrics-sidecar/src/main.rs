@@ -1,4 +1,279 @@
-fn main() {
-    eprintln!("iogate-metrics-sidecar: under construction");
-    std::process::exit(2);
+//! `iogate-metrics-sidecar`: loads the block-I/O eBPF program, attributes
+//! every request to its pod, and serves the IOEye REST API and Prometheus.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use iogate_core::cgroup::CgroupMode;
+use iogate_metrics_sidecar::cgroup_stats::CgroupStatSource;
+use iogate_metrics_sidecar::cgroup_tree::io_hierarchy;
+use iogate_metrics_sidecar::counters::{CounterSource, SourceKind};
+use iogate_metrics_sidecar::diagnosis::NetworkMajors;
+use iogate_metrics_sidecar::ebpf::EbpfSource;
+use iogate_metrics_sidecar::identity::Identities;
+use iogate_metrics_sidecar::pods::{DirectoryStatus, PodDirectory};
+use iogate_metrics_sidecar::sampler::Sampler;
+use iogate_metrics_sidecar::state::{PodsStatus, Shared};
+
+const USAGE: &str = "\
+usage: iogate-metrics-sidecar [options]
+
+  --listen ADDR        HTTP address (default 0.0.0.0:9464)
+  --interval SECONDS   sampling window (default 5)
+  --source S           auto (eBPF, else cgroup statistics), ebpf (required),
+                       or cgroup-stats (default auto)
+  --node-name NAME     this node, to watch its pods (default $NODE_NAME)
+  --no-kubernetes      don't contact the API; pods are named by UID
+  --cgroup-version V   auto, v1 or v2 (default auto)
+
+Environment: IOGATE_LOG (log filter, default info).";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourceChoice {
+    Auto,
+    Ebpf,
+    CgroupStats,
+}
+
+#[derive(Debug)]
+struct Args {
+    listen: SocketAddr,
+    interval: Duration,
+    source: SourceChoice,
+    node_name: Option<String>,
+    kubernetes: bool,
+    cgroup_mode: CgroupMode,
+}
+
+fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args> {
+    let mut args = Args {
+        listen: "0.0.0.0:9464".parse().expect("valid default address"),
+        interval: Duration::from_secs(5),
+        source: SourceChoice::Auto,
+        node_name: std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()),
+        kubernetes: true,
+        cgroup_mode: CgroupMode::Auto,
+    };
+    while let Some(flag) = argv.next() {
+        let mut value = || argv.next().with_context(|| format!("{flag} expects a value"));
+        match flag.as_str() {
+            "--listen" => {
+                let v = value()?;
+                args.listen = v.parse().with_context(|| format!("--listen: expected HOST:PORT, found {v:?}"))?;
+            }
+            "--interval" => {
+                let v = value()?;
+                let secs: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| (0.1..=3600.0).contains(s))
+                    .with_context(|| format!("--interval: expected seconds between 0.1 and 3600, found {v:?}"))?;
+                args.interval = Duration::from_secs_f64(secs);
+            }
+            "--source" => {
+                let v = value()?;
+                args.source = match v.as_str() {
+                    "auto" => SourceChoice::Auto,
+                    "ebpf" => SourceChoice::Ebpf,
+                    "cgroup-stats" => SourceChoice::CgroupStats,
+                    _ => bail!("--source: expected auto, ebpf or cgroup-stats, found {v:?}"),
+                };
+            }
+            "--node-name" => args.node_name = Some(value()?),
+            "--no-kubernetes" => args.kubernetes = false,
+            "--cgroup-version" => {
+                let v = value()?;
+                args.cgroup_mode = v.parse().map_err(|e| anyhow::anyhow!("--cgroup-version: {e}"))?;
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    Ok(args)
+}
+
+/// The eBPF program if it loads; else, unless eBPF was required, the
+/// cgroup statistics, with the reason eBPF failed (said loudly: the
+/// operator loses latency).
+fn choose_source(choice: SourceChoice) -> Result<(Box<dyn CounterSource>, Option<String>)> {
+    let fallback = |why: String| -> Result<(Box<dyn CounterSource>, Option<String>)> {
+        let stats = CgroupStatSource::discover().context("the cgroup statistics fallback is unavailable too")?;
+        Ok((Box::new(stats), Some(why)))
+    };
+    match choice {
+        SourceChoice::CgroupStats => {
+            tracing::warn!("eBPF disabled by --source cgroup-stats: IOPS and throughput only, latency unavailable");
+            fallback("disabled by --source cgroup-stats".into())
+        }
+        SourceChoice::Ebpf => Ok((Box::new(EbpfSource::load().context("loading the eBPF program")?), None)),
+        SourceChoice::Auto => match EbpfSource::load() {
+            Ok(source) => Ok((Box::new(source), None)),
+            Err(e) => {
+                let why = format!("{e:#}");
+                tracing::error!(
+                    "eBPF UNAVAILABLE: {why}. Falling back to cgroup statistics: IOPS and throughput only, \
+                     latency fields unavailable"
+                );
+                fallback(why)
+            }
+        },
+    }
+}
+
+async fn pod_directory(args: &Args) -> PodDirectory {
+    if !args.kubernetes {
+        return PodDirectory::not_connected("disabled by --no-kubernetes");
+    }
+    let Some(node) = &args.node_name else {
+        let why = "no node name (set NODE_NAME from the downward API's spec.nodeName, or --node-name)";
+        tracing::warn!("pods are named by UID only: {why}");
+        return PodDirectory::not_connected(why);
+    };
+    match PodDirectory::connect(node).await {
+        Ok((directory, watch)) => {
+            tokio::spawn(watch);
+            tracing::info!(node = %node, "watching this node's pods");
+            directory
+        }
+        Err(e) => {
+            let why = format!("{e:#}");
+            tracing::warn!("pods are named by UID only: {why}");
+            PodDirectory::not_connected(why)
+        }
+    }
+}
+
+fn pods_status(directory: &PodDirectory) -> PodsStatus {
+    match directory.status() {
+        DirectoryStatus::NotConnected(why) => PodsStatus { mode: "none", synced: false, detail: why },
+        DirectoryStatus::Syncing => {
+            PodsStatus { mode: "kubernetes", synced: false, detail: "listing this node's pods".into() }
+        }
+        DirectoryStatus::Synced => PodsStatus { mode: "kubernetes", synced: true, detail: "watching".into() },
+    }
+}
+
+/// The sampling loop, on its own thread: reading maps and walking cgroups
+/// is blocking work that must not stall the HTTP handlers.
+fn run_sampler(shared: Arc<Shared>, mut sampler: Sampler, mut identities: Identities) {
+    let mut next = Instant::now();
+    loop {
+        if let Err(e) = identities.refresh() {
+            tracing::warn!("rescanning cgroups: {e}; keeping the previous map");
+        }
+        match sampler.tick(&identities) {
+            Ok(published) => shared.publish(published),
+            Err(e) => tracing::warn!("sampling: {e:#}"),
+        }
+        shared.set_pods(pods_status(identities.pods()));
+        next += shared.interval;
+        let now = Instant::now();
+        if next < now {
+            next = now;
+        }
+        std::thread::sleep(next - now);
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let (source, ebpf_error) = choose_source(args.source)?;
+    let kind = source.kind();
+    let directory = pod_directory(&args).await;
+    let fs = io_hierarchy(args.cgroup_mode).context("finding the cgroup hierarchy with the io controller")?;
+    let root = fs.mount.clone();
+    let identities = Identities::new(fs, directory.clone())
+        .with_context(|| format!("scanning the cgroup hierarchy at {}", root.display()))?;
+    let shared = Arc::new(Shared::new(args.interval, kind, ebpf_error, pods_status(&directory)));
+    let sampler = Sampler::new(source, NetworkMajors::load());
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("sampler".into())
+            .spawn(move || run_sampler(shared, sampler, identities))
+            .context("starting the sampler thread")?;
+    }
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(
+        listen = %args.listen,
+        source = kind.name(),
+        latency = kind == SourceKind::Ebpf,
+        cgroups = %root.display(),
+        interval_s = args.interval.as_secs_f64(),
+        "serving"
+    );
+    axum::serve(listener, iogate_metrics_sidecar::http::router(shared))
+        .with_graceful_shutdown(shutdown())
+        .await
+        .context("serving HTTP")
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IOGATE_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::io::stderr).init();
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("iogate-metrics-sidecar: error: {e:#}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("iogate-metrics-sidecar: error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("iogate-metrics-sidecar: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn flags_parse_and_bad_values_say_what_was_expected() {
+        let a =
+            parse(&["--listen", "127.0.0.1:9000", "--interval", "0.5", "--source", "ebpf", "--no-kubernetes"]).unwrap();
+        assert_eq!(a.listen.port(), 9000);
+        assert_eq!(a.interval, Duration::from_millis(500));
+        assert_eq!(a.source, SourceChoice::Ebpf);
+        assert!(!a.kubernetes);
+        let msg = |args: &[&str]| format!("{:#}", parse(args).unwrap_err());
+        assert_eq!(msg(&["--interval", "0"]), "--interval: expected seconds between 0.1 and 3600, found \"0\"");
+        assert_eq!(msg(&["--source", "bpf"]), "--source: expected auto, ebpf or cgroup-stats, found \"bpf\"");
+        assert_eq!(
+            msg(&["--listen", "9464"]),
+            "--listen: expected HOST:PORT, found \"9464\": invalid socket address syntax"
+        );
+        assert_eq!(msg(&["--listen"]), "--listen expects a value");
+        assert_eq!(msg(&["--frobnicate"]), "unknown argument \"--frobnicate\"");
+    }
 }

@@ -69,6 +69,9 @@ pub struct DeviceMetrics {
     pub limits: Option<LimitsDoc>,
     /// Usage as a fraction of the tightest limit (0 when unlimited).
     pub limit_utilization: f64,
+    /// Set when this device only carries the requests of a stacked device
+    /// above it (a loop device's backing disk): left out of the pod's totals.
+    pub lower_layer_of: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -164,6 +167,7 @@ fn pod_metrics(group: &GroupUsage, window: &Window) -> PodMetrics {
                         write_throughput_bps: window.per_second(d.write.bytes),
                         limits: d.limits.map(LimitsDoc::from),
                         limit_utilization: limit_fraction(d, window.seconds),
+                        lower_layer_of: d.lower_layer_of.map(|u| u.to_string()),
                     })
                     .collect(),
             })
@@ -231,6 +235,7 @@ mod tests {
     use crate::counters::{CgroupId, Direction, IoKey, Snapshot, SourceKind};
     use crate::frame::testing::Table;
     use crate::frame::Frame;
+    use crate::stacking::Stacking;
 
     fn window(source: SourceKind) -> Window {
         let dev = Device::new(7, 0);
@@ -250,7 +255,7 @@ mod tests {
             let counters = HashMap::from([(IoKey { cgroup: CgroupId(1), device: dev, direction: Direction::Read }, c)]);
             Frame::attribute(Snapshot { taken_at: at, source, counters }, SystemTime::UNIX_EPOCH, &table)
         };
-        Window::between(&frame(t0, 100), &frame(t0 + Duration::from_secs(2), 300))
+        Window::between(&frame(t0, 100), &frame(t0 + Duration::from_secs(2), 300), &Stacking::default())
     }
 
     #[test]

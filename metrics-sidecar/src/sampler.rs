@@ -10,6 +10,7 @@ use crate::diagnosis::NetworkMajors;
 use crate::frame::Frame;
 use crate::history::History;
 use crate::report::assess;
+use crate::stacking::Stacking;
 use crate::state::Published;
 use crate::window::Window;
 
@@ -31,13 +32,15 @@ impl Sampler {
         let frame = Frame::attribute(snapshot, SystemTime::now(), who);
         let (assessed, window_seconds) = match &self.previous {
             Some(previous) => {
-                let window = Window::between(previous, &frame);
+                let window = Window::between(previous, &frame, &Stacking::load());
                 (assess(&window, &mut self.history, &self.network), window.seconds)
             }
             None => (Vec::new(), 0.0),
         };
         // Removed cgroups were just reported for the last time.
-        self.source.forget(&frame.removed);
+        if let Err(e) = self.source.forget(&frame.removed) {
+            tracing::warn!("dropping the counters of {} removed cgroup(s): {e:#}", frame.removed.len());
+        }
         let at = frame.taken_at;
         self.previous = Some(frame.clone());
         Ok(Published { frame: Some(frame), assessed, window_seconds, at: Some(at) })

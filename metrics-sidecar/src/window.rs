@@ -10,6 +10,7 @@ use iogate_core::{Device, Limits};
 use crate::counters::{CgroupId, Direction, IoCounters, SourceKind};
 use crate::frame::Frame;
 use crate::identity::Workload;
+use crate::stacking::Stacking;
 
 /// A pod (by namespace and name, the names users query) or a cgroup that
 /// belongs to no pod (by path).
@@ -36,6 +37,9 @@ pub struct DeviceUsage {
     pub read: IoCounters,
     pub write: IoCounters,
     pub limits: Option<Limits>,
+    /// The stacked device (loop, multipath) whose requests this device's I/O
+    /// carries for the container; such usage is left out of group totals.
+    pub lower_layer_of: Option<Device>,
 }
 
 #[derive(Debug, Clone)]
@@ -49,7 +53,8 @@ pub struct GroupUsage {
     pub key: GroupKey,
     pub pod_uid: Option<String>,
     pub containers: Vec<ContainerUsage>,
-    /// All containers and devices together.
+    /// All containers and devices together, each request counted once (on
+    /// the topmost device of a stack).
     pub read: IoCounters,
     pub write: IoCounters,
 }
@@ -75,7 +80,7 @@ impl Window {
     /// Usage between `earlier` and `later`. A series absent from `earlier`
     /// started inside the window (sources count from zero), so all of it
     /// counts.
-    pub fn between(earlier: &Frame, later: &Frame) -> Window {
+    pub fn between(earlier: &Frame, later: &Frame, stacking: &Stacking) -> Window {
         let before: HashMap<(CgroupId, Device, Direction), &IoCounters> =
             earlier.series.iter().map(|s| ((s.cgroup, s.device, s.direction), &s.counters)).collect();
         let zero = IoCounters::default();
@@ -98,6 +103,7 @@ impl Window {
                         read: IoCounters::default(),
                         write: IoCounters::default(),
                         limits: s.limits,
+                        lower_layer_of: None,
                     });
                     container.devices.last_mut().expect("just pushed")
                 }
@@ -111,10 +117,17 @@ impl Window {
         let groups = groups
             .into_iter()
             .map(|(key, containers)| {
-                let containers: Vec<ContainerUsage> = containers.into_values().collect();
+                let mut containers: Vec<ContainerUsage> = containers.into_values().collect();
+                for c in &mut containers {
+                    let used: Vec<Device> =
+                        c.devices.iter().filter(|d| d.read.ops + d.write.ops > 0).map(|d| d.device).collect();
+                    for d in &mut c.devices {
+                        d.lower_layer_of = stacking.is_below_any(d.device, &used);
+                    }
+                }
                 let mut read = IoCounters::default();
                 let mut write = IoCounters::default();
-                for d in containers.iter().flat_map(|c| &c.devices) {
+                for d in containers.iter().flat_map(|c| &c.devices).filter(|d| d.lower_layer_of.is_none()) {
                     read.add(&d.read);
                     write.add(&d.write);
                 }
@@ -179,7 +192,7 @@ mod tests {
                 (4, Direction::Write, 8, 32_768),
             ],
         );
-        let w = Window::between(&a, &b);
+        let w = Window::between(&a, &b, &Stacking::default());
         assert!((w.seconds - 2.0).abs() < 1e-9);
         let web = w
             .groups
@@ -192,5 +205,25 @@ mod tests {
         let pg = w.groups.iter().find(|g| matches!(&g.key, GroupKey::Pod { name, .. } if name == "pg-0")).unwrap();
         assert_eq!(pg.read.ops, 40);
         assert!(w.groups.iter().any(|g| g.key == GroupKey::Cgroup("/system.slice/backup.service".into())));
+    }
+
+    #[test]
+    fn a_stacked_device_is_counted_once_in_the_totals() {
+        let table = Table::default().pod(1, "shop", "web-0", "app");
+        let (upper, lower) = (Device::new(7, 0), Device::new(254, 0));
+        let t0 = Instant::now();
+        let frame = |at, ops: u64| {
+            let key = |device| IoKey { cgroup: CgroupId(1), device, direction: Direction::Read };
+            let c = IoCounters { ops, bytes: ops * 4096, ..Default::default() };
+            let counters = HashMap::from([(key(upper), c), (key(lower), c)]);
+            Frame::attribute(Snapshot { taken_at: at, source: SourceKind::Ebpf, counters }, SystemTime::now(), &table)
+        };
+        let stacking = Stacking::with(&[(upper, lower)]);
+        let w = Window::between(&frame(t0, 0), &frame(t0 + Duration::from_secs(1), 200), &stacking);
+        let g = &w.groups[0];
+        assert_eq!(g.read.ops, 200, "the loop device's requests, not twice");
+        let devices = &g.containers[0].devices;
+        assert_eq!(devices.len(), 2, "both devices stay visible");
+        assert_eq!(devices.iter().find(|d| d.device == lower).unwrap().lower_layer_of, Some(upper));
     }
 }

@@ -162,6 +162,10 @@ impl CounterSource for EbpfSource {
         SourceKind::Ebpf
     }
 
+    fn forget(&mut self, removed: &[CgroupId]) -> Result<()> {
+        EbpfSource::forget(self, removed).map(|_| ())
+    }
+
     fn snapshot(&mut self) -> Result<Snapshot> {
         let map = self.stats_map()?;
         let mut counters: HashMap<IoKey, IoCounters> = HashMap::new();

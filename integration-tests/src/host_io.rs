@@ -1,0 +1,147 @@
+//! I/O on the host, charged to a cgroup the test made: a blkio v1 cgroup
+//! (removed on drop), fio run inside it, the loop disk's scheduler, and
+//! `/proc/diskstats` as ground truth for a device.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use iogate_core::Device;
+use iogate_metrics_sidecar::counters::CgroupId;
+
+use crate::fio::{Job, Rw};
+use crate::loop_disk::LoopDisk;
+
+pub const BLKIO: &str = "/sys/fs/cgroup/blkio";
+
+/// A fresh blkio v1 cgroup, removed on drop (after ending any process the
+/// test left in it: only fio, which the test started).
+pub struct BlkioCgroup {
+    pub path: PathBuf,
+}
+
+impl BlkioCgroup {
+    pub fn create(tag: &str) -> Result<BlkioCgroup> {
+        let path = Path::new(BLKIO).join(format!("iogate-test-{}-{tag}", std::process::id()));
+        std::fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        Ok(BlkioCgroup { path })
+    }
+
+    pub fn id(&self) -> Result<CgroupId> {
+        Ok(CgroupId(std::fs::metadata(&self.path).with_context(|| format!("stat {}", self.path.display()))?.ino()))
+    }
+
+    pub fn set(&self, file: &str, value: &str) -> Result<()> {
+        let p = self.path.join(file);
+        std::fs::write(&p, value).with_context(|| format!("writing {value:?} to {}", p.display()))
+    }
+}
+
+impl Drop for BlkioCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let procs = std::fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+            if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("warning: could not remove cgroup {}", self.path.display());
+    }
+}
+
+/// Sets the loop device's I/O scheduler for the test, and puts the old one
+/// back on drop (the device may outlive it only if the disk guard failed).
+pub struct Scheduler {
+    file: PathBuf,
+    old: String,
+}
+
+impl Scheduler {
+    pub fn set(disk: &LoopDisk, name: &str) -> Result<Scheduler> {
+        let dev = disk.device().file_name().context("loop device has no name")?.to_string_lossy().to_string();
+        let file = PathBuf::from(format!("/sys/block/{dev}/queue/scheduler"));
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        let old = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
+            .with_context(|| {
+                format!("expected the active scheduler in [brackets] in {}, found {text:?}", file.display())
+            })?
+            .to_string();
+        std::fs::write(&file, name).with_context(|| format!("writing {name} to {}", file.display()))?;
+        Ok(Scheduler { file, old })
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.file, &self.old);
+    }
+}
+
+/// What fio reported for one direction.
+#[derive(Debug, Clone, Copy)]
+pub struct FioTotals {
+    pub ios: u64,
+    pub bytes: u64,
+    /// Mean completion latency (submission to completion) in ns.
+    pub clat_mean_ns: f64,
+}
+
+/// Runs a time-based 4 KiB direct-I/O fio job inside `cgroup` and waits for it.
+pub fn run_fio(cgroup: &BlkioCgroup, dir: &Path, job: &Job) -> Result<FioTotals> {
+    let json = dir.join(format!("{}.json", job.name));
+    let rw = match job.rw {
+        Rw::RandRead => "randread",
+        Rw::RandWrite => "randwrite",
+    };
+    // The shell joins the cgroup, then becomes fio: every I/O fio does is
+    // charged to the cgroup from its first one.
+    let out = Command::new("sh")
+        .args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+        .arg(cgroup.path.join("cgroup.procs"))
+        .arg("fio")
+        .arg(format!("--name={}", job.name))
+        .arg(format!("--filename={}", dir.join(format!("{}.dat", job.name)).display()))
+        .arg(format!("--size={}M", job.size_mib))
+        .args(["--direct=1", "--bs=4k", "--ioengine=libaio", "--time_based", "--output-format=json"])
+        .arg(format!("--rw={rw}"))
+        .arg(format!("--iodepth={}", job.iodepth))
+        .arg(format!("--runtime={}", job.seconds))
+        .arg(format!("--output={}", json.display()))
+        .output()
+        .context("running fio")?;
+    if !out.status.success() {
+        bail!("fio failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    let text = std::fs::read_to_string(&json).with_context(|| format!("reading {}", json.display()))?;
+    let start = text.find('{').with_context(|| format!("expected JSON in {}, found {text:?}", json.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text[start..]).context("parsing fio JSON")?;
+    let side = &v["jobs"][0][if job.rw == Rw::RandRead { "read" } else { "write" }];
+    let field = |name: &str| side[name].as_u64().with_context(|| format!("expected integer {name} in fio JSON"));
+    Ok(FioTotals {
+        ios: field("total_ios")?,
+        bytes: field("io_bytes")?,
+        clat_mean_ns: side["clat_ns"]["mean"].as_f64().context("expected clat_ns.mean in fio JSON")?,
+    })
+}
+
+/// Requests completed and bytes, per direction, from /proc/diskstats.
+pub fn diskstats(device: Device) -> Result<[(u64, u64); 2]> {
+    let text = std::fs::read_to_string("/proc/diskstats").context("reading /proc/diskstats")?;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 || f[0] != device.major.to_string() || f[1] != device.minor.to_string() {
+            continue;
+        }
+        let n = |i: usize| f[i].parse::<u64>().with_context(|| format!("diskstats field {i} in {line:?}"));
+        return Ok([(n(3)?, n(5)? * 512), (n(7)?, n(9)? * 512)]);
+    }
+    bail!("expected {device} in /proc/diskstats, found no such line")
+}

@@ -1,0 +1,303 @@
+//! The metrics sidecar binary, over HTTP, against ground truth: fio's own
+//! count of what it did, `/proc/diskstats`, the limits in the cgroup files,
+//! `promtool check metrics`, and a pod on real containerd.
+//!
+//! Root only. Each test takes the host lock; cgroups, disks, containerd and
+//! the sidecar are removed or stopped by their guards.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use iogate_core::{CgroupVersion, Device};
+use iogate_integration_tests::containerd_daemon::Version;
+use iogate_integration_tests::fio::{within, Job, Rw};
+use iogate_integration_tests::host_io::{diskstats, run_fio, BlkioCgroup, FioTotals};
+use iogate_integration_tests::host_lock::HostLock;
+use iogate_integration_tests::loop_disk::LoopDisk;
+use iogate_integration_tests::sidecar::{sum, Sidecar};
+use iogate_integration_tests::stack::{PluginMode, Stack, StackOptions, DATA_IN_CONTAINER};
+use iogate_integration_tests::{fio, repo_root};
+use serde_json::Value;
+
+const INTERVAL: Duration = Duration::from_secs(1);
+
+fn root() -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED: the sidecar tests need root (eBPF, cgroups, loop devices)");
+    false
+}
+
+/// The cgroup's path as the sidecar names it (relative to the blkio root).
+fn cgroup_label(cg: &BlkioCgroup) -> String {
+    format!("/{}", cg.path.file_name().expect("cgroup dir has a name").to_string_lossy())
+}
+
+fn device_of(disk: &LoopDisk) -> Result<Device> {
+    let (major, minor) = disk.major_minor()?;
+    Ok(Device::new(major, minor))
+}
+
+/// Counters the sidecar exports for one cgroup, device and direction, and
+/// for the whole device.
+#[derive(Debug, Default, Clone, Copy)]
+struct Exported {
+    ops: f64,
+    bytes: f64,
+    latency_count: f64,
+    device_ops: f64,
+    device_bytes: f64,
+}
+
+fn exported(sidecar: &Sidecar, cgroup: &str, device: Device, direction: &str) -> Result<Exported> {
+    let m = sidecar.metrics()?;
+    let dev = device.to_string();
+    let mine = [("cgroup", cgroup), ("device", dev.as_str()), ("direction", direction)];
+    let all = [("device", dev.as_str()), ("direction", direction)];
+    Ok(Exported {
+        ops: sum(&m, "iogate_io_requests_total", &mine),
+        bytes: sum(&m, "iogate_io_bytes_total", &mine),
+        latency_count: sum(&m, "iogate_io_latency_seconds_count", &mine),
+        device_ops: sum(&m, "iogate_io_requests_total", &all),
+        device_bytes: sum(&m, "iogate_io_bytes_total", &all),
+    })
+}
+
+/// Runs fio in the cgroup and returns what fio, the sidecar and diskstats
+/// saw of it: (fio, sidecar delta, diskstats delta (ops, bytes)).
+fn measured_run(
+    sidecar: &Sidecar,
+    disk: &LoopDisk,
+    cg: &BlkioCgroup,
+    job: &Job,
+) -> Result<(FioTotals, Exported, (u64, u64))> {
+    let device = device_of(disk)?;
+    let dir = disk.subdir(&job.name)?;
+    job.prepare(&dir)?;
+    let label = cgroup_label(cg);
+    let direction = if job.rw == Rw::RandRead { "read" } else { "write" };
+    let idx = usize::from(job.rw != Rw::RandRead);
+    // Let the sidecar publish everything before the run, then read both
+    // ground truths around it.
+    sidecar.wait_windows(1);
+    let (e0, d0) = (exported(sidecar, &label, device, direction)?, diskstats(device)?);
+    let fio = run_fio(cg, &dir, job)?;
+    let d1 = diskstats(device)?;
+    sidecar.wait_windows(1);
+    let e1 = exported(sidecar, &label, device, direction)?;
+    let delta = Exported {
+        ops: e1.ops - e0.ops,
+        bytes: e1.bytes - e0.bytes,
+        latency_count: e1.latency_count - e0.latency_count,
+        device_ops: e1.device_ops - e0.device_ops,
+        device_bytes: e1.device_bytes - e0.device_bytes,
+    };
+    Ok((fio, delta, (d1[idx].0 - d0[idx].0, d1[idx].1 - d0[idx].1)))
+}
+
+#[test]
+fn counts_over_http_match_fio_and_diskstats() -> Result<()> {
+    if !root() {
+        return Ok(());
+    }
+    let _lock = HostLock::acquire()?;
+    let disk = LoopDisk::new(256)?;
+    let sidecar = Sidecar::start(INTERVAL, &["--source", "ebpf"])?;
+    for (rw, iodepth) in [(Rw::RandRead, 32), (Rw::RandWrite, 8)] {
+        let cg = BlkioCgroup::create(&format!("http-{iodepth}"))?;
+        let mut job = Job::new(&format!("http{iodepth}"), rw, 4);
+        job.iodepth = iodepth;
+        let (fio, sc, (disk_ops, disk_bytes)) = measured_run(&sidecar, &disk, &cg, &job)?;
+        eprintln!("{rw:?} iodepth {iodepth}: fio {fio:?}; sidecar {sc:?}; diskstats ops {disk_ops} bytes {disk_bytes}");
+        assert!(fio.ios > 1000, "fio did too little I/O ({}) for a 5% comparison", fio.ios);
+        assert!(within(sc.ops, fio.ios as f64, 5.0), "sidecar requests {} vs fio {}", sc.ops, fio.ios);
+        assert!(within(sc.bytes, fio.bytes as f64, 5.0), "sidecar bytes {} vs fio {}", sc.bytes, fio.bytes);
+        assert_eq!(sc.latency_count, sc.ops, "every request has a latency");
+        assert!(
+            within(sc.device_ops, disk_ops as f64, 2.0),
+            "device requests {} vs diskstats {disk_ops}",
+            sc.device_ops
+        );
+        assert!(
+            within(sc.device_bytes, disk_bytes as f64, 2.0),
+            "device bytes {} vs diskstats {disk_bytes}",
+            sc.device_bytes
+        );
+    }
+    Ok(())
+}
+
+fn cgroup_entry(sidecar: &Sidecar, label: &str) -> Result<(Value, Value)> {
+    let (status, v) = sidecar.json("/api/v1/metrics")?;
+    anyhow::ensure!(status == 200, "GET /api/v1/metrics answered {status}: {v}");
+    let entry = v["cgroup_metrics"][label].clone();
+    anyhow::ensure!(!entry.is_null(), "expected cgroup {label} in cgroup_metrics, found {}", v["cgroup_metrics"]);
+    Ok((entry, v["cgroup_bottlenecks"][label].clone()))
+}
+
+#[test]
+fn a_throttled_cgroup_shows_its_limit_and_a_queue_bottleneck() -> Result<()> {
+    if !root() {
+        return Ok(());
+    }
+    let _lock = HostLock::acquire()?;
+    let disk = LoopDisk::new(256)?;
+    let device = device_of(&disk)?;
+    let sidecar = Sidecar::start(INTERVAL, &["--source", "ebpf"])?;
+    let cg = BlkioCgroup::create("throttled")?;
+    cg.set("blkio.throttle.read_iops_device", &format!("{device} 200"))?;
+    let dir = disk.subdir("throttled")?;
+    let mut job = Job::new("throttled", Rw::RandRead, 6);
+    job.iodepth = 8;
+    job.prepare(&dir)?;
+    let label = cgroup_label(&cg);
+
+    let (entry, bottleneck) = std::thread::scope(|s| -> Result<(Value, Value)> {
+        let fio = s.spawn(|| run_fio(&cg, &dir, &job));
+        // Mid-run: the last window lies entirely inside fio's run.
+        std::thread::sleep(Duration::from_secs(4));
+        let seen = cgroup_entry(&sidecar, &label);
+        fio.join().expect("fio thread")?;
+        seen
+    })?;
+    eprintln!("{label}: {entry:#}");
+    let iops = entry["read_iops"].as_f64().context("read_iops")?;
+    assert!(within(iops, 200.0, 10.0), "sidecar read_iops {iops}, limit 200");
+    let dev = &entry["containers"][0]["devices"]
+        .as_array()
+        .context("devices")?
+        .iter()
+        .find(|d| d["device"] == device.to_string())
+        .cloned()
+        .with_context(|| format!("expected device {device} in {entry}"))?;
+    assert_eq!(dev["limits"]["read_iops"], 200, "the limit in force is reported next to the usage");
+    assert!(dev["limit_utilization"].as_f64().unwrap_or(0.0) >= 0.9, "utilization {}", dev["limit_utilization"]);
+    assert_eq!(bottleneck, "queue", "a cgroup at its limit waits in the throttle queue");
+    assert!(entry["read_latency_ns"].as_u64().is_some_and(|ns| ns > 0), "latency measured");
+    let m = sidecar.metrics()?;
+    let limit = sum(
+        &m,
+        "iogate_io_limit",
+        &[("cgroup", label.as_str()), ("direction", "read"), ("unit", "iops"), ("device", &device.to_string())],
+    );
+    assert_eq!(limit, 200.0);
+    Ok(())
+}
+
+#[test]
+fn the_fallback_counts_without_latency_and_says_so() -> Result<()> {
+    if !root() {
+        return Ok(());
+    }
+    let _lock = HostLock::acquire()?;
+    let disk = LoopDisk::new(256)?;
+    let sidecar = Sidecar::start(INTERVAL, &["--source", "cgroup-stats"])?;
+    let (status, ready) = sidecar.json("/readyz")?;
+    assert_eq!(status, 200);
+    assert_eq!(ready["source"], "cgroup-stats");
+    assert_eq!(
+        ready["degraded"],
+        "eBPF unavailable (disabled by --source cgroup-stats); serving IOPS and throughput from cgroup statistics, \
+         latency unavailable"
+    );
+    let cg = BlkioCgroup::create("fallback")?;
+    let mut job = Job::new("fallback", Rw::RandRead, 3);
+    job.iodepth = 8;
+    let (fio, sc, _) = measured_run(&sidecar, &disk, &cg, &job)?;
+    eprintln!("fallback: fio {fio:?}; sidecar {sc:?}");
+    assert!(within(sc.ops, fio.ios as f64, 5.0), "fallback requests {} vs fio {}", sc.ops, fio.ios);
+    assert!(within(sc.bytes, fio.bytes as f64, 5.0), "fallback bytes {} vs fio {}", sc.bytes, fio.bytes);
+    assert_eq!(sc.latency_count, 0.0, "no latency series without eBPF");
+    let (status, top) = sidecar.json("/api/v1/metrics/topslow")?;
+    assert_eq!(status, 503, "{top}");
+    assert!(sidecar.log().contains("disabled by --source cgroup-stats"));
+    Ok(())
+}
+
+#[test]
+fn promtool_accepts_the_exposition() -> Result<()> {
+    if !root() {
+        return Ok(());
+    }
+    let promtool = repo_root().join(".cache/prometheus/usr/bin/promtool");
+    anyhow::ensure!(promtool.exists(), "expected {} (scripts/fetch-promtool.sh)", promtool.display());
+    let _lock = HostLock::acquire()?;
+    let disk = LoopDisk::new(256)?;
+    let sidecar = Sidecar::start(INTERVAL, &["--source", "ebpf"])?;
+    let cg = BlkioCgroup::create("promtool")?;
+    cg.set("blkio.throttle.write_iops_device", &format!("{} 500", device_of(&disk)?))?;
+    let mut job = Job::new("promtool", Rw::RandWrite, 2);
+    job.iodepth = 4;
+    measured_run(&sidecar, &disk, &cg, &job)?;
+    let (status, body) = sidecar.get("/metrics")?;
+    assert_eq!(status, 200);
+    assert!(body.contains("iogate_io_latency_seconds_bucket{"), "expected histograms in:\n{body}");
+    assert!(body.contains("iogate_io_limit{"), "expected a limit series in:\n{body}");
+    let mut check = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running promtool")?;
+    std::io::Write::write_all(&mut check.stdin.take().context("promtool stdin")?, body.as_bytes())?;
+    let out = check.wait_with_output()?;
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {}\n{said}", out.status);
+    Ok(())
+}
+
+/// The sidecar beside the NRI plugin on containerd 2.1: the pod's I/O is
+/// attributed to the pod (named by UID: no API server here) and container,
+/// at the limit the plugin set.
+#[test]
+fn a_pod_on_containerd_is_attributed_and_shown_at_its_limit() -> Result<()> {
+    if !root() {
+        return Ok(());
+    }
+    let lock = HostLock::acquire()?;
+    let policy = "[defaults]\nread-iops = 200\nwrite-iops = 200\n".to_string();
+    let mut stack = Stack::start(
+        &lock,
+        StackOptions {
+            version: Version::V2_1,
+            cgroup: CgroupVersion::V1,
+            plugin: PluginMode::External,
+            policy,
+            plugin_env: Vec::new(),
+        },
+    )?;
+    let sidecar = Sidecar::start(INTERVAL, &["--source", "ebpf"])?;
+    let spec = stack.pod_spec("shop", "web-0", &[]);
+    let data = stack.data_dir("web-0")?;
+    let job = Job::new("fio", Rw::RandRead, 6);
+    job.prepare(&data)?;
+    let run = stack.run(&spec, "fio", job.command(DATA_IN_CONTAINER), &data)?;
+    std::thread::sleep(Duration::from_secs(4));
+    let (status, v) = sidecar.json(&format!("/api/v1/metrics/pod/{}", spec.uid))?;
+    let code = stack.cri().wait_exit(&run.container_id, Duration::from_secs(60))?;
+    assert_eq!(code, 0, "fio failed: {}", stack.cri().logs(&run.pod, "fio"));
+    assert_eq!(status, 200, "{v}");
+    eprintln!("pod {}: {v:#}", spec.uid);
+    let pod = &v["pod_metrics"];
+    assert_eq!(pod["pod_uid"], spec.uid.as_str());
+    let iops = pod["read_iops"].as_f64().context("read_iops")?;
+    assert!(fio::within(iops, 200.0, 10.0), "sidecar read_iops {iops}, limit 200");
+    let container = pod["containers"]
+        .as_array()
+        .context("containers")?
+        .iter()
+        .find(|c| c["container_id"] == run.container_id.as_str())
+        .with_context(|| format!("expected container {} in {pod}", run.container_id))?;
+    let on_disk = container["devices"]
+        .as_array()
+        .context("devices")?
+        .iter()
+        .find(|d| d["limits"]["read_iops"] == 200)
+        .with_context(|| format!("expected the data disk with its 200 IOPS limit in {container}"))?;
+    assert!(on_disk["read_iops"].as_f64().is_some_and(|r| fio::within(r, 200.0, 10.0)), "{on_disk}");
+    assert_eq!(v["bottleneck"], "queue");
+    Ok(())
+}

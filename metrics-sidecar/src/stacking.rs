@@ -1,0 +1,118 @@
+//! Which block devices sit on top of which.
+//!
+//! A request-based stacked device passes each request down to the device
+//! below: a loop device to the disk holding its backing file, a
+//! request-based device-mapper target (multipath) to its slaves. Both layers
+//! raise block tracepoints, and the kernel charges both to the same cgroup,
+//! so a pod reading 200 IOPS from a loop device shows 200 IOPS on the loop
+//! device *and* 200 on the disk below. Per-device figures keep both (each is
+//! true of its device); a pod's totals count the upper layer only.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use iogate_core::device::DeviceResolver;
+use iogate_core::Device;
+
+#[derive(Debug, Clone, Default)]
+pub struct Stacking {
+    lower: HashMap<Device, HashSet<Device>>,
+}
+
+impl Stacking {
+    /// Reads `/sys/block`-style `dir`: each device's `dev`, its loop
+    /// `backing_file`, and its `slaves/`. Devices that vanish meanwhile are
+    /// skipped (loop devices come and go).
+    pub fn scan(dir: &Path, resolver: &DeviceResolver) -> Stacking {
+        let mut lower: HashMap<Device, HashSet<Device>> = HashMap::new();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Stacking::default();
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(upper) = read_dev(&path) else { continue };
+            let below = lower.entry(upper).or_default();
+            if let Ok(backing) = std::fs::read_to_string(path.join("loop/backing_file")) {
+                let file = backing.trim_end().trim_end_matches(" (deleted)");
+                if let Ok(dev) = resolver.resolve_mount(Path::new(file)) {
+                    below.insert(dev);
+                }
+            }
+            for slave in std::fs::read_dir(path.join("slaves")).into_iter().flatten().flatten() {
+                let Some(dev) = read_dev(&slave.path()) else { continue };
+                below.insert(resolver.resolve_device(&dev.to_string()).unwrap_or(dev));
+            }
+            if below.is_empty() {
+                lower.remove(&upper);
+            }
+        }
+        Stacking { lower }
+    }
+
+    pub fn load() -> Stacking {
+        Stacking::scan(&PathBuf::from("/sys/block"), &DeviceResolver::default())
+    }
+
+    /// Whether I/O on `device` passes down from one of `used` (so the
+    /// same requests were already counted on the upper device).
+    pub fn is_below_any(&self, device: Device, used: &[Device]) -> Option<Device> {
+        used.iter().copied().find(|upper| self.lower.get(upper).is_some_and(|l| l.contains(&device)))
+    }
+
+    #[cfg(test)]
+    pub fn with(pairs: &[(Device, Device)]) -> Stacking {
+        let mut lower: HashMap<Device, HashSet<Device>> = HashMap::new();
+        for &(upper, below) in pairs {
+            lower.entry(upper).or_default().insert(below);
+        }
+        Stacking { lower }
+    }
+}
+
+fn read_dev(dir: &Path) -> Option<Device> {
+    std::fs::read_to_string(dir.join("dev")).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slaves_of_a_mapper_device_are_below_it() {
+        let sys = tempfile::tempdir().unwrap();
+        let mk = |rel: &str, dev: &str| {
+            let d = sys.path().join(rel);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("dev"), format!("{dev}\n")).unwrap();
+        };
+        mk("block/dm-0", "253:0");
+        mk("block/sda", "8:0");
+        mk("block/sdb", "8:16");
+        mk("block/dm-0/slaves/sda", "8:0");
+        mk("block/dm-0/slaves/sdb", "8:16");
+        // A resolver with no /sys/dev/block: devices stay as they are.
+        let resolver = DeviceResolver::with_sys_dev_block(sys.path().join("nothing"));
+        let s = Stacking::scan(&sys.path().join("block"), &resolver);
+        let dm = Device::new(253, 0);
+        assert_eq!(s.is_below_any(Device::new(8, 0), &[dm, Device::new(8, 0)]), Some(dm));
+        assert_eq!(s.is_below_any(Device::new(8, 16), &[Device::new(8, 16)]), None, "only when the upper was used");
+        assert_eq!(s.is_below_any(dm, &[dm]), None);
+    }
+
+    #[test]
+    fn a_loop_device_sits_on_the_disk_of_its_backing_file() {
+        let sys = tempfile::tempdir().unwrap();
+        let lo = sys.path().join("block/loop9");
+        std::fs::create_dir_all(lo.join("loop")).unwrap();
+        std::fs::write(lo.join("dev"), "7:9\n").unwrap();
+        // The backing file is this test's own temp dir: whatever disk that is.
+        std::fs::write(lo.join("loop/backing_file"), format!("{}\n", sys.path().display())).unwrap();
+        let resolver = DeviceResolver::default();
+        let Ok(disk) = resolver.resolve_mount(sys.path()) else {
+            eprintln!("skipped: the temp dir is not on a block device");
+            return;
+        };
+        let s = Stacking::scan(&sys.path().join("block"), &resolver);
+        assert_eq!(s.is_below_any(disk, &[Device::new(7, 9)]), Some(Device::new(7, 9)));
+    }
+}
