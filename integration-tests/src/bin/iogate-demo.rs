@@ -4,9 +4,10 @@
 //! built-in defaults (500 read and 500 write IOPS per container, the
 //! `iops-limit-service` defaults) and a loop-device data disk, then runs
 //! three pods whose only command is fio: a plain one, one that asks for less
-//! with an annotation, and one exempt in a namespace the admin allows. It
-//! prints what each got in its cgroup and what fio measured, and tears
-//! everything down.
+//! with an annotation, and one exempt in a namespace the admin allows. The
+//! metrics sidecar runs beside them. It prints what each pod got in its
+//! cgroup, what fio measured, and what the sidecar saw from the kernel
+//! (IOPS, latency percentiles, bottleneck), and tears everything down.
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use iogate_core::CgroupVersion;
 use iogate_integration_tests::containerd_daemon::Version;
 use iogate_integration_tests::fio::{Job, Measured, Rw};
 use iogate_integration_tests::host_lock::HostLock;
+use iogate_integration_tests::sidecar::Sidecar;
 use iogate_integration_tests::stack::{PluginMode, Stack, StackOptions, DATA_IN_CONTAINER};
 
 /// Built-in defaults, plus one namespace whose pods may exempt themselves.
@@ -39,15 +41,25 @@ fn main() -> Result<()> {
             plugin_env: Vec::new(),
         },
     )?;
-    println!("data disk: {} ({})\n", stack.device, stack.disk.as_ref().context("disk")?.device().display());
+    println!("data disk: {} ({})", stack.device, stack.disk.as_ref().context("disk")?.device().display());
+    println!("starting the metrics sidecar (eBPF on the block tracepoints)...\n");
+    let sidecar = Sidecar::start(Duration::from_secs(1), &[])?;
     let pods: [DemoPod; 3] = [
         ("shop", "plain", &[]),
         ("shop", "annotated", &[("iogate.io/read-iops", "150")]),
         ("trusted", "backup", &[("iogate.io/exempt", "true")]),
     ];
     println!(
-        "{:<20} {:<34} {:<44} {:>12} {:>14}",
-        "pod", "annotation", "cgroup limits on the data disk", "fio IOPS", "first second"
+        "{:<16} {:<28} {:<40} {:>8} {:>8} | {:>8} {:>9} {:>9} {:>10}",
+        "pod",
+        "annotation",
+        "cgroup limits on the data disk",
+        "fio IOPS",
+        "1st sec",
+        "sidecar",
+        "p50 µs",
+        "p99 µs",
+        "bottleneck"
     );
     for (ns, name, ann) in pods {
         let spec = stack.pod_spec(ns, name, ann);
@@ -56,13 +68,16 @@ fn main() -> Result<()> {
         job.prepare(&data)?;
         let run = stack.run(&spec, "fio", job.command(DATA_IN_CONTAINER), &data)?;
         let limits = stack.limits_of(run.pid)?;
+        // Mid-run, the sidecar's last one-second window lies inside fio's run.
+        std::thread::sleep(Duration::from_secs(3));
+        let seen = sidecar_view(&sidecar, &spec.uid);
         let code = stack.cri().wait_exit(&run.container_id, Duration::from_secs(60))?;
         anyhow::ensure!(code == 0, "fio in {ns}/{name} failed: {}", stack.cri().logs(&run.pod, "fio"));
         let m = Measured::read(&job, &data)?;
         let ann_text = ann.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
         let lim = if limits.is_unlimited() { "none".to_string() } else { limits.to_string() };
         println!(
-            "{:<20} {:<34} {:<44} {:>12.0} {:>14.0}",
+            "{:<16} {:<28} {:<40} {:>8.0} {:>8.0} | {seen}",
             format!("{ns}/{name}"),
             if ann_text.is_empty() { "-" } else { &ann_text },
             lim,
@@ -76,8 +91,27 @@ fn main() -> Result<()> {
     {
         println!("  {line}");
     }
-    println!("\ntearing down (pods, containerd, cgroups, loop device)...");
+    println!("\ntearing down (sidecar, pods, containerd, cgroups, loop device)...");
+    drop(sidecar);
     drop(stack);
     println!("done.");
     Ok(())
+}
+
+/// The sidecar's columns for one pod (named by UID: no API server here).
+fn sidecar_view(sidecar: &Sidecar, uid: &str) -> String {
+    let v = match sidecar.json(&format!("/api/v1/metrics/pod/{uid}")) {
+        Ok((200, v)) => v,
+        Ok((status, v)) => return format!("sidecar answered {status}: {}", v["error"]),
+        Err(e) => return format!("sidecar unreachable: {e:#}"),
+    };
+    let m = &v["pod_metrics"];
+    let us = |f: &str| m[f].as_f64().map_or("n/a".to_string(), |ns| format!("{:.0}", ns / 1000.0));
+    format!(
+        "{:>8} {:>9} {:>9} {:>10}",
+        m["read_iops"].as_u64().map_or("n/a".to_string(), |n| n.to_string()),
+        us("read_latency_p50_ns"),
+        us("read_latency_p99_ns"),
+        v["bottleneck"].as_str().unwrap_or("?")
+    )
 }
