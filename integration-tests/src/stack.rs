@@ -41,6 +41,13 @@ pub struct StackOptions {
     pub plugin_env: Vec<(String, String)>,
 }
 
+impl StackOptions {
+    /// The common case: the plugin as an external daemon with `policy`.
+    pub fn external(version: Version, cgroup: CgroupVersion, policy: &str) -> StackOptions {
+        StackOptions { version, cgroup, plugin: PluginMode::External, policy: policy.into(), plugin_env: Vec::new() }
+    }
+}
+
 /// Where the data disk appears inside containers.
 pub const DATA_IN_CONTAINER: &str = "/data";
 

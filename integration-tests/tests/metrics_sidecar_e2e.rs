@@ -16,7 +16,7 @@ use iogate_integration_tests::host_io::{diskstats, run_fio, BlkioCgroup, FioTota
 use iogate_integration_tests::host_lock::HostLock;
 use iogate_integration_tests::loop_disk::LoopDisk;
 use iogate_integration_tests::sidecar::{sum, Sidecar};
-use iogate_integration_tests::stack::{PluginMode, Stack, StackOptions, DATA_IN_CONTAINER};
+use iogate_integration_tests::stack::{Stack, StackOptions, DATA_IN_CONTAINER};
 use iogate_integration_tests::{fio, repo_root};
 use serde_json::Value;
 
@@ -258,17 +258,8 @@ fn a_pod_on_containerd_is_attributed_and_shown_at_its_limit() -> Result<()> {
         return Ok(());
     }
     let lock = HostLock::acquire()?;
-    let policy = "[defaults]\nread-iops = 200\nwrite-iops = 200\n".to_string();
-    let mut stack = Stack::start(
-        &lock,
-        StackOptions {
-            version: Version::V2_1,
-            cgroup: CgroupVersion::V1,
-            plugin: PluginMode::External,
-            policy,
-            plugin_env: Vec::new(),
-        },
-    )?;
+    let policy = "[defaults]\nread-iops = 200\nwrite-iops = 200\n";
+    let mut stack = Stack::start(&lock, StackOptions::external(Version::V2_1, CgroupVersion::V1, policy))?;
     let sidecar = Sidecar::start(INTERVAL, &["--source", "ebpf"])?;
     let spec = stack.pod_spec("shop", "web-0", &[]);
     let data = stack.data_dir("web-0")?;

@@ -69,11 +69,7 @@ fn limits_of_new(stack: &mut Stack, ns: &str, pod: &str, ctr: &str, ann: &[(&str
 
 /// Every behaviour the policy promises, on one containerd.
 fn full_suite(lock: &HostLock, version: Version, cgroup: CgroupVersion) {
-    let mut stack = Stack::start(
-        lock,
-        StackOptions { version, cgroup, plugin: PluginMode::External, policy: POLICY.into(), plugin_env: Vec::new() },
-    )
-    .unwrap();
+    let mut stack = Stack::start(lock, StackOptions::external(version, cgroup, POLICY)).unwrap();
     let v = format!("{version}, cgroup {cgroup}");
     // The mechanism matches the cgroup version: io.max in the spec on v2,
     // the createRuntime hook on v1 (where runc refuses unified resources).

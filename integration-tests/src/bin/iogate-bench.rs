@@ -20,7 +20,7 @@ use iogate_core::{CgroupFs, CgroupVersion, Config, Device, Policy};
 use iogate_integration_tests::containerd_daemon::Version;
 use iogate_integration_tests::cri_client::ContainerSpec;
 use iogate_integration_tests::host_lock::HostLock;
-use iogate_integration_tests::stack::{PluginMode, Stack, StackOptions};
+use iogate_integration_tests::stack::{Stack, StackOptions};
 use iogate_nri_plugin::api;
 use iogate_nri_plugin::limiter::Limiter;
 
@@ -116,16 +116,7 @@ fn bench_hook() -> Result<()> {
 
 fn bench_start() -> Result<()> {
     let lock = HostLock::acquire()?;
-    let mut stack = Stack::start(
-        &lock,
-        StackOptions {
-            version: Version::V2_1,
-            cgroup: CgroupVersion::V1,
-            plugin: PluginMode::External,
-            policy: String::new(),
-            plugin_env: Vec::new(),
-        },
-    )?;
+    let mut stack = Stack::start(&lock, StackOptions::external(Version::V2_1, CgroupVersion::V1, ""))?;
     let (mut with, mut without) = (Vec::new(), Vec::new());
     let mut n = 0;
     for block in 0..6 {

@@ -17,7 +17,7 @@ use iogate_integration_tests::containerd_daemon::Version;
 use iogate_integration_tests::fio::{Job, Measured, Rw};
 use iogate_integration_tests::host_lock::HostLock;
 use iogate_integration_tests::sidecar::Sidecar;
-use iogate_integration_tests::stack::{PluginMode, Stack, StackOptions, DATA_IN_CONTAINER};
+use iogate_integration_tests::stack::{Stack, StackOptions, DATA_IN_CONTAINER};
 
 /// Built-in defaults, plus one namespace whose pods may exempt themselves.
 const DEMO_POLICY: &str = "[exemptions]\nnamespaces = [\"trusted\"]\n";
@@ -31,16 +31,7 @@ fn main() -> Result<()> {
     println!(
         "starting containerd 2.1 with the iogate NRI plugin (cgroup v1 host: limits via the createRuntime hook)..."
     );
-    let mut stack = Stack::start(
-        &lock,
-        StackOptions {
-            version: Version::V2_1,
-            cgroup: CgroupVersion::V1,
-            plugin: PluginMode::External,
-            policy: DEMO_POLICY.into(),
-            plugin_env: Vec::new(),
-        },
-    )?;
+    let mut stack = Stack::start(&lock, StackOptions::external(Version::V2_1, CgroupVersion::V1, DEMO_POLICY))?;
     println!("data disk: {} ({})", stack.device, stack.disk.as_ref().context("disk")?.device().display());
     println!("starting the metrics sidecar (eBPF on the block tracepoints)...\n");
     let sidecar = Sidecar::start(Duration::from_secs(1), &[])?;
