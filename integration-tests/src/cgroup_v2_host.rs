@@ -108,9 +108,18 @@ impl CgroupV2Io {
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
-            if v1_mounted(point) {
-                let st = Command::new("umount").arg(point).status()?;
-                anyhow::ensure!(st.success(), "umount {point} failed");
+            // A process that has a file of the hierarchy open for a moment
+            // (a cgroup walker, a monitoring agent) makes umount EBUSY;
+            // wait for it rather than fail or detach lazily.
+            while v1_mounted(point) {
+                let st = Command::new("umount").arg(point).stderr(std::process::Stdio::null()).status()?;
+                if st.success() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("umount {point} still fails (busy) after {SETTLE:?}");
+                }
+                std::thread::sleep(Duration::from_millis(500));
             }
         }
         let deadline = Instant::now() + SETTLE;

@@ -33,6 +33,14 @@ impl BlkioCgroup {
         Ok(CgroupId(std::fs::metadata(&self.path).with_context(|| format!("stat {}", self.path.display()))?.ino()))
     }
 
+    /// Makes the kernel keep `blkio.throttle.io_serviced` and
+    /// `io_service_bytes` for `device`: on cgroup v1 it counts only on
+    /// queues where some cgroup has a throttle limit. The limit set here
+    /// (reads at 1 PB/s) never binds, and leaves the IOPS knobs to tests.
+    pub fn count_throttle_stats(&self, device: Device) -> Result<()> {
+        self.set("blkio.throttle.read_bps_device", &format!("{device} 1000000000000000"))
+    }
+
     pub fn set(&self, file: &str, value: &str) -> Result<()> {
         let p = self.path.join(file);
         std::fs::write(&p, value).with_context(|| format!("writing {value:?} to {}", p.display()))

@@ -203,6 +203,7 @@ fn the_fallback_counts_without_latency_and_says_so() -> Result<()> {
          latency unavailable"
     );
     let cg = BlkioCgroup::create("fallback")?;
+    cg.count_throttle_stats(device_of(&disk)?)?;
     let mut job = Job::new("fallback", Rw::RandRead, 3);
     job.iodepth = 8;
     let (fio, sc, _) = measured_run(&sidecar, &disk, &cg, &job)?;

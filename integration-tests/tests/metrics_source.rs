@@ -58,6 +58,7 @@ fn measure(disk: &LoopDisk, cgroup: &BlkioCgroup, ebpf: &mut EbpfSource, job: &J
     let idx = if job.rw == Rw::RandRead { 0 } else { 1 };
     let mut stats = CgroupStatSource::new(BLKIO, Hierarchy::V1Blkio);
     let id = cgroup.id()?;
+    cgroup.count_throttle_stats(device)?;
 
     let (e0, d0, s0) = (ebpf.snapshot()?, diskstats(device)?, stats.snapshot()?);
     let u0 = ebpf.untracked_requests()?;
