@@ -100,10 +100,18 @@ pub struct FioTotals {
     pub bytes: u64,
     /// Mean completion latency (submission to completion) in ns.
     pub clat_mean_ns: f64,
+    /// Requests per second over the run, as fio timed it.
+    pub iops: f64,
 }
 
 /// Runs a time-based 4 KiB direct-I/O fio job inside `cgroup` and waits for it.
 pub fn run_fio(cgroup: &BlkioCgroup, dir: &Path, job: &Job) -> Result<FioTotals> {
+    run_fio_on(cgroup, &dir.join(format!("{}.dat", job.name)), dir, job)
+}
+
+/// [`run_fio`] against `target` (a file, or a whole block device), with
+/// fio's JSON summary written into `dir`.
+pub fn run_fio_on(cgroup: &BlkioCgroup, target: &Path, dir: &Path, job: &Job) -> Result<FioTotals> {
     let json = dir.join(format!("{}.json", job.name));
     let rw = match job.rw {
         Rw::RandRead => "randread",
@@ -116,7 +124,7 @@ pub fn run_fio(cgroup: &BlkioCgroup, dir: &Path, job: &Job) -> Result<FioTotals>
         .arg(cgroup.path.join("cgroup.procs"))
         .arg("fio")
         .arg(format!("--name={}", job.name))
-        .arg(format!("--filename={}", dir.join(format!("{}.dat", job.name)).display()))
+        .arg(format!("--filename={}", target.display()))
         .arg(format!("--size={}M", job.size_mib))
         .args(["--direct=1", "--bs=4k", "--ioengine=libaio", "--time_based", "--output-format=json"])
         .arg(format!("--rw={rw}"))
@@ -137,6 +145,7 @@ pub fn run_fio(cgroup: &BlkioCgroup, dir: &Path, job: &Job) -> Result<FioTotals>
         ios: field("total_ios")?,
         bytes: field("io_bytes")?,
         clat_mean_ns: side["clat_ns"]["mean"].as_f64().context("expected clat_ns.mean in fio JSON")?,
+        iops: side["iops"].as_f64().context("expected iops in fio JSON")?,
     })
 }
 

@@ -1,6 +1,7 @@
-//! A loop device with an ext4 filesystem, mounted: the test's data disk.
+//! A loop device with an ext4 filesystem, mounted: the test's data disk;
+//! and [`RamLoop`], a raw loop device on tmpfs for benchmarks.
 //!
-//! Its `Drop` unmounts, detaches and deletes, whatever happened in the test.
+//! Their `Drop` unmounts, detaches and deletes, whatever happened in the test.
 
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
@@ -61,12 +62,7 @@ impl LoopDisk {
 
     /// `MAJ:MIN` of the loop device, as the cgroup files name it.
     pub fn major_minor(&self) -> Result<(u32, u32)> {
-        let meta = std::fs::metadata(&self.device).with_context(|| format!("stat {}", self.device.display()))?;
-        if !meta.file_type().is_block_device() {
-            bail!("{} is not a block device", self.device.display());
-        }
-        let dev = meta.rdev();
-        Ok((((dev >> 8) & 0xfff) as u32 | ((dev >> 32) & !0xfff) as u32, ((dev & 0xff) | ((dev >> 12) & !0xff)) as u32))
+        device_numbers(&self.device)
     }
 
     /// A fresh directory on the disk (what a test bind-mounts into a container).
@@ -99,6 +95,100 @@ impl Drop for LoopDisk {
         let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
         let _ = std::fs::remove_file(&self.backing);
     }
+}
+
+/// A raw loop device (no filesystem) whose backing file lives on a tmpfs
+/// mounted for it: a device fast enough that per-request costs show up in
+/// fio's IOPS rather than vanish under a disk's latency.
+///
+/// Its `Drop` detaches the device and unmounts the tmpfs (taking the file
+/// with it).
+pub struct RamLoop {
+    device: PathBuf,
+    mount_point: PathBuf,
+    size_mib: u32,
+    _dir: tempfile::TempDir,
+}
+
+impl RamLoop {
+    /// A `size_mib` device on a tmpfs with a little headroom, its backing
+    /// file written with real (non-zero) data so reads copy bytes rather
+    /// than hit holes.
+    pub fn new(size_mib: u32) -> Result<RamLoop> {
+        let dir = tempfile::Builder::new().prefix("iogate-ramdisk-").tempdir().context("creating ramdisk dir")?;
+        let mount_point = dir.path().join("tmpfs");
+        std::fs::create_dir(&mount_point).with_context(|| format!("creating {}", mount_point.display()))?;
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={}m,mode=0700", size_mib + 16), "iogate-ramdisk"])
+            .arg(&mount_point))?;
+        // From here on Drop cleans up whatever was set up.
+        let mut disk = RamLoop { device: PathBuf::new(), mount_point, size_mib, _dir: dir };
+        let backing = disk.mount_point.join("disk.img");
+        write_pattern(&backing, size_mib)?;
+        // Direct I/O from the loop driver to tmpfs: no second page cache.
+        disk.device =
+            PathBuf::from(run(Command::new("losetup").args(["--find", "--show", "--direct-io=on"]).arg(&backing))?);
+        Ok(disk)
+    }
+
+    pub fn device(&self) -> &Path {
+        &self.device
+    }
+
+    pub fn size_mib(&self) -> u32 {
+        self.size_mib
+    }
+
+    /// `MAJ:MIN` of the loop device.
+    pub fn major_minor(&self) -> Result<(u32, u32)> {
+        device_numbers(&self.device)
+    }
+
+    /// The active I/O scheduler of the device (`none`, `mq-deadline`, …).
+    pub fn scheduler(&self) -> Result<String> {
+        let name = self.device.file_name().context("loop device has no name")?.to_string_lossy().to_string();
+        let file = format!("/sys/block/{name}/queue/scheduler");
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?;
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
+            .map(str::to_string)
+            .with_context(|| format!("expected the active scheduler in [brackets] in {file}, found {text:?}"))
+    }
+}
+
+fn write_pattern(path: &Path, size_mib: u32) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8 + 1).collect();
+    for _ in 0..size_mib {
+        f.write_all(&chunk).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+impl Drop for RamLoop {
+    fn drop(&mut self) {
+        if !self.device.as_os_str().is_empty() {
+            let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+        }
+        for _ in 0..20 {
+            if Command::new("umount").arg(&self.mount_point).status().is_ok_and(|s| s.success()) {
+                return;
+            }
+            // The loop driver lets go of the file asynchronously.
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.mount_point).status();
+    }
+}
+
+fn device_numbers(device: &Path) -> Result<(u32, u32)> {
+    let meta = std::fs::metadata(device).with_context(|| format!("stat {}", device.display()))?;
+    if !meta.file_type().is_block_device() {
+        bail!("{} is not a block device", device.display());
+    }
+    let dev = meta.rdev();
+    Ok((((dev >> 8) & 0xfff) as u32 | ((dev >> 32) & !0xfff) as u32, ((dev & 0xff) | ((dev >> 12) & !0xff)) as u32))
 }
 
 #[cfg(test)]

@@ -49,18 +49,32 @@ impl Background {
         }
     }
 
+    /// The process id while it runs (`None` once stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-            for _ in 0..50 {
-                if c.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+        self.stop_with(Signal::SIGTERM, Duration::from_secs(1));
+    }
+
+    /// Sends `signal`, waits up to `grace` for the process to exit, then
+    /// kills it. True when it exited by itself within `grace`.
+    pub fn stop_with(&mut self, signal: Signal, grace: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let _ = kill(Pid::from_raw(c.id() as i32), signal);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if c.try_wait().ok().flatten().is_some() {
+                return true;
             }
-            let _ = c.kill();
-            let _ = c.wait();
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
     }
 }
 

@@ -37,6 +37,11 @@ impl Sidecar {
         Ok(sidecar)
     }
 
+    /// The sidecar's process id, to read its `/proc` accounting.
+    pub fn pid(&self) -> Result<u32> {
+        self.process.pid().context("the sidecar is not running")
+    }
+
     pub fn log(&self) -> String {
         self.process.output()
     }

@@ -1,0 +1,645 @@
+//! `make bench`, second half: what the metrics sidecar costs, measured on
+//! this machine (root, blkio v1, loop devices, fio, bpftrace).
+//!
+//! * `overhead`: the price of the eBPF probes on the I/O path. fio 4 KiB
+//!   random reads at queue depth 32 on a tmpfs-backed loop device — fast
+//!   enough that a per-request cost shows in IOPS instead of hiding under a
+//!   disk's latency — with the probes detached and attached (one
+//!   in-process `EbpfSource`), alternating rounds in one run. Then, with
+//!   `kernel.bpf_stats_enabled` on (it adds its own cost, so only in extra
+//!   rounds), the kernel's BPF run time per request and per program run.
+//! * `peer`: the same workload with and without a bpftrace script doing the
+//!   equivalent work (start times keyed by request, per-cgroup latency
+//!   histograms), so our loss has a yardstick.
+//! * `pods`: the sidecar binary watching 1,000 pod-shaped blkio cgroups that
+//!   all do I/O all the time: its RSS and CPU over a minute (`sidecar:`),
+//!   then the latency and size of `GET /metrics` and `GET /api/v1/metrics`
+//!   at that scale (`scrape:`).
+//!
+//! IOPS figures are medians over rounds (with the range); latencies are
+//! medians and 95th percentiles. Compare ratios within one run, not absolute
+//! numbers across machines.
+
+use std::fs::File;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use iogate_core::Device;
+use iogate_integration_tests::fio::{Job, Rw};
+use iogate_integration_tests::host_io::{run_fio_on, BlkioCgroup, FioTotals, BLKIO};
+use iogate_integration_tests::host_lock::HostLock;
+use iogate_integration_tests::loop_disk::RamLoop;
+use iogate_integration_tests::process::Background;
+use iogate_integration_tests::sidecar::Sidecar;
+use iogate_metrics_sidecar::counters::{CounterSource, Direction, IoKey};
+use iogate_metrics_sidecar::ebpf::EbpfSource;
+use nix::sys::signal::Signal;
+
+/// Alternating rounds per configuration, and their length.
+const ROUNDS: usize = 6;
+const ROUND_SECS: u32 = 5;
+/// Extra rounds with BPF run-time statistics on.
+const STATS_ROUNDS: usize = 3;
+const RAMDISK_MIB: u32 = 448;
+
+const PODS: usize = 1000;
+/// The sidecar's sampling window in the `pods` benchmark (its default).
+const SIDECAR_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the sidecar's CPU time is measured at 1,000 pods.
+const CPU_WINDOW: Duration = Duration::from_secs(60);
+/// Total I/O rate of the worker that keeps every pod cgroup active: one
+/// pass over all 1,000 cgroups every 2 s, so each pod has I/O in every
+/// 5 s window.
+const WORKER_IOPS: u64 = 500;
+const SCRAPES: usize = 200;
+
+fn main() -> Result<()> {
+    let which: Vec<String> = std::env::args().skip(1).collect();
+    let all = which.is_empty();
+    let want = |n: &str| all || which.iter().any(|w| w == n);
+    ensure!(nix::unistd::Uid::effective().is_root(), "iogate-sidecar-bench needs root (loop devices, cgroups, eBPF)");
+    // Shares the cores, blkio and loop devices with the e2e tests.
+    let _lock = HostLock::acquire()?;
+    let mut ours = None;
+    if want("overhead") || want("peer") {
+        let bench = FastDevice::new()?;
+        if want("overhead") {
+            ours = Some(bench_overhead(&bench)?);
+        }
+        if want("peer") {
+            bench_peer(&bench, ours)?;
+        }
+    }
+    if want("pods") {
+        bench_pods()?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- statistics
+
+fn percentile<T: Copy + PartialOrd>(values: &[T], p: f64) -> T {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN among measured values"));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn median(values: &[f64]) -> f64 {
+    percentile(values, 0.5)
+}
+
+/// `median (min–max)` of IOPS figures.
+fn iops_summary(values: &[f64]) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(0.0, f64::max);
+    format!("{:.0} ({:.0}–{:.0})", median(values), min, max)
+}
+
+fn loss_pct(without: &[f64], with: &[f64]) -> f64 {
+    (1.0 - median(with) / median(without)) * 100.0
+}
+
+// ------------------------------------------------------------- fast device
+
+/// fio on a tmpfs-backed loop device, charged to a blkio cgroup of its own
+/// (as a pod's I/O would be).
+struct FastDevice {
+    // Field order is drop order: the cgroup (and any fio left in it) goes
+    // before the device it reads.
+    cgroup: BlkioCgroup,
+    disk: RamLoop,
+    dir: tempfile::TempDir,
+    runs: std::cell::Cell<usize>,
+}
+
+impl FastDevice {
+    fn new() -> Result<FastDevice> {
+        let disk = RamLoop::new(RAMDISK_MIB).context("setting up the tmpfs-backed loop device")?;
+        let cgroup = BlkioCgroup::create("sidecar-bench")?;
+        let dir = tempfile::tempdir().context("creating fio's output dir")?;
+        let bench = FastDevice { cgroup, disk, dir, runs: std::cell::Cell::new(0) };
+        // The first run pays for cold caches and CPU frequency ramp-up.
+        bench.fio(2)?;
+        Ok(bench)
+    }
+
+    fn device(&self) -> Result<Device> {
+        let (major, minor) = self.disk.major_minor()?;
+        Ok(Device::new(major, minor))
+    }
+
+    /// One time-based fio run of 4 KiB random direct reads at depth 32.
+    fn fio(&self, seconds: u32) -> Result<FioTotals> {
+        let n = self.runs.get();
+        self.runs.set(n + 1);
+        let mut job = Job::new(&format!("round{n}"), Rw::RandRead, seconds);
+        job.iodepth = 32;
+        job.size_mib = self.disk.size_mib();
+        run_fio_on(&self.cgroup, self.disk.device(), self.dir.path(), &job)
+    }
+
+    fn describe(&self) -> String {
+        let scheduler = self.disk.scheduler().unwrap_or_else(|e| format!("unknown: {e:#}"));
+        format!(
+            "fio randread 4k libaio iodepth 32 on a tmpfs-backed loop device ({RAMDISK_MIB} MiB, scheduler {scheduler})"
+        )
+    }
+
+    /// `ROUNDS` runs without and with `treatment` switched on, alternating
+    /// which goes first each round so drift (thermal, noisy neighbours)
+    /// hits both sides alike. Returns (without, with) IOPS.
+    fn alternate(&self, mut switch: impl FnMut(bool) -> Result<()>) -> Result<(Vec<f64>, Vec<f64>)> {
+        let (mut without, mut with) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+            for on in order {
+                switch(on)?;
+                let iops = self.fio(ROUND_SECS)?.iops;
+                if on {
+                    with.push(iops)
+                } else {
+                    without.push(iops)
+                }
+            }
+        }
+        switch(false)?;
+        Ok((without, with))
+    }
+}
+
+// ------------------------------------------------------------ 1. overhead
+
+/// Our probes on and off; returns the IOPS loss in percent for `peer`.
+fn bench_overhead(bench: &FastDevice) -> Result<f64> {
+    let mut source = EbpfSource::load().context("loading the eBPF probes")?;
+    source.detach()?;
+    let key = IoKey { cgroup: bench.cgroup.id()?, device: bench.device()?, direction: Direction::Read };
+    let before = counted_reads(&mut source, &key)?;
+    let (detached, attached) = bench.alternate(|on| if on { source.attach() } else { source.detach() })?;
+    // The figure is only honest if the attached rounds were really traced.
+    let counted = counted_reads(&mut source, &key)? - before;
+    ensure!(counted > 0, "the probes counted no reads of {key:?} during the attached rounds");
+
+    source.enable_run_stats()?;
+    source.attach()?;
+    let mut per_request = Vec::new();
+    let mut per_run = Vec::new();
+    let mut runs_per_request = Vec::new();
+    for _ in 0..STATS_ROUNDS {
+        let start = source.run_stats().context("BPF run-time statistics unavailable after enabling them")?;
+        let fio = bench.fio(ROUND_SECS)?;
+        let used = source.run_stats().context("BPF run-time statistics disappeared")?.since(&start);
+        ensure!(used.run_count > 0, "BPF run-time statistics counted no program runs in a round of {} I/Os", fio.ios);
+        per_request.push(used.run_time_ns as f64 / fio.ios as f64);
+        per_run.push(used.run_time_ns as f64 / used.run_count as f64);
+        runs_per_request.push(used.run_count as f64 / fio.ios as f64);
+    }
+    source.detach()?;
+    let loss = loss_pct(&detached, &attached);
+    println!(
+        "overhead: {}: probes detached median {} IOPS, attached median {} IOPS, loss {loss:.2}% (target < 2%; \
+         {ROUNDS} rounds of {ROUND_SECS} s each, alternating; {counted} reads counted by the probes); \
+         BPF run time median {:.0} ns per request, {:.0} ns per program run, {:.2} runs per request \
+         (kernel.bpf_stats_enabled, {STATS_ROUNDS} more rounds)",
+        bench.describe(),
+        iops_summary(&detached),
+        iops_summary(&attached),
+        median(&per_request),
+        median(&per_run),
+        median(&runs_per_request),
+    );
+    Ok(loss)
+}
+
+/// Reads the probes have completed for `key` so far.
+fn counted_reads(source: &mut EbpfSource, key: &IoKey) -> Result<u64> {
+    Ok(source.snapshot()?.counters.get(key).map_or(0, |c| c.ops))
+}
+
+// ---------------------------------------------------------------- 2. peer
+
+/// What `bpf/iogate.bpf.c` does, in bpftrace: queue and device latency per
+/// (cgroup, device) as log2 histograms plus bytes, with start times keyed by
+/// the request (device, sector, as the tracepoint arguments allow). `cgroup`
+/// is the issuing task's; ours reads the bio's (bpftrace 0.17 cannot reach
+/// it from these tracepoints), which costs us a few pointer reads more.
+const BPFTRACE_SCRIPT: &str = r#"
+tracepoint:block:block_rq_insert { @queued[args->dev, args->sector] = nsecs; }
+tracepoint:block:block_rq_issue {
+  @issued[args->dev, args->sector] = nsecs;
+  @cg[args->dev, args->sector] = cgroup;
+}
+tracepoint:block:block_rq_complete /@issued[args->dev, args->sector]/ {
+  $dev = args->dev; $sector = args->sector;
+  $cg = @cg[$dev, $sector];
+  @disk_ns[$cg, $dev] = hist(nsecs - @issued[$dev, $sector]);
+  @bytes[$cg, $dev] = sum(args->nr_sector * 512);
+  if (@queued[$dev, $sector]) {
+    @queue_ns[$cg, $dev] = hist(@issued[$dev, $sector] - @queued[$dev, $sector]);
+    delete(@queued[$dev, $sector]);
+  }
+  delete(@issued[$dev, $sector]);
+  delete(@cg[$dev, $sector]);
+}
+END { clear(@queued); clear(@issued); clear(@cg); }
+"#;
+
+/// The tracepoints the script attaches to, which `bpftool perf` must show
+/// before a round counts as traced.
+const BPFTRACE_TRACEPOINTS: [&str; 3] = ["block_rq_insert", "block_rq_issue", "block_rq_complete"];
+
+/// A running bpftrace, stopped with SIGINT (its normal end: it prints the
+/// maps and detaches) and killed if it does not exit.
+struct Bpftrace {
+    process: Background,
+}
+
+impl Bpftrace {
+    /// Starts the script with its output in `<dir>/bpftrace<n>.log`.
+    fn start(dir: &Path, n: usize) -> Result<Bpftrace> {
+        let script = dir.join("peer.bt");
+        std::fs::write(&script, BPFTRACE_SCRIPT).with_context(|| format!("writing {}", script.display()))?;
+        let mut cmd = Command::new("bpftrace");
+        cmd.arg(&script);
+        let mut bt = Bpftrace { process: Background::spawn("bpftrace", cmd, &dir.join(format!("bpftrace{n}.log")))? };
+        // "Attaching 4 probes...": the three tracepoints and END.
+        bt.process.wait_for("Attaching 4 probes", 1, Duration::from_secs(30))?;
+        // The line comes before the attach calls: wait for the kernel to
+        // show all three links.
+        bt.wait_attached(Duration::from_secs(10))?;
+        Ok(bt)
+    }
+
+    fn wait_attached(&self, timeout: Duration) -> Result<()> {
+        let pid = self.process.pid().context("bpftrace is not running")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let attached = attached_tracepoints(pid)?;
+            if BPFTRACE_TRACEPOINTS.iter().all(|tp| attached.iter().any(|a| a == tp)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "bpftrace (pid {pid}) attached only {attached:?} within {timeout:?}; output:\n{}",
+                    self.process.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(mut self) -> Result<()> {
+        // Detaching the probes and printing the histograms takes a moment.
+        let clean = self.process.stop_with(Signal::SIGINT, Duration::from_secs(15));
+        ensure!(clean, "bpftrace did not exit within 15 s of SIGINT; killed it. Output:\n{}", self.process.output());
+        Ok(())
+    }
+}
+
+/// Tracepoints that programs held by `pid` are attached to, per `bpftool perf`.
+fn attached_tracepoints(pid: u32) -> Result<Vec<String>> {
+    let out = Command::new("bpftool").args(["-j", "perf", "show"]).output().context("running bpftool perf show")?;
+    ensure!(out.status.success(), "bpftool perf show failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing bpftool perf show JSON")?;
+    Ok(v.as_array()
+        .context("expected a JSON array from bpftool perf show")?
+        .iter()
+        .filter(|e| e["pid"].as_u64() == Some(pid as u64))
+        .filter_map(|e| e["tracepoint"].as_str().map(str::to_string))
+        .collect())
+}
+
+fn bench_peer(bench: &FastDevice, ours: Option<f64>) -> Result<()> {
+    let dir = tempfile::tempdir().context("creating bpftrace's dir")?;
+    let mut running: Option<Bpftrace> = None;
+    let mut starts = 0;
+    let result = bench.alternate(|on| {
+        match (on, running.take()) {
+            (true, None) => {
+                starts += 1;
+                running = Some(Bpftrace::start(dir.path(), starts)?);
+            }
+            (true, Some(bt)) => running = Some(bt),
+            (false, Some(bt)) => bt.stop()?,
+            (false, None) => {}
+        }
+        Ok(())
+    });
+    // On an error mid-round, Background's Drop ends bpftrace.
+    drop(running);
+    let (none, traced) = result?;
+    let ours = ours.map_or_else(|| "not measured in this run".to_string(), |l| format!("{l:.2}%"));
+    println!(
+        "peer: {}: no tracer median {} IOPS, bpftrace median {} IOPS, loss {:.2}% (ours: {ours}; \
+         bpftrace script: per-cgroup queue/device latency histograms and bytes, 3 tracepoints; \
+         {ROUNDS} rounds of {ROUND_SECS} s each, alternating)",
+        bench.describe(),
+        iops_summary(&none),
+        iops_summary(&traced),
+        loss_pct(&none, &traced),
+    );
+    Ok(())
+}
+
+// ----------------------------------------------------------- 3./4. pods
+
+/// `<blkio>/iogate-bench-<pid>/pod<uuid>/<64 hex>` for each pod: the shape
+/// the sidecar recognises. Removed on drop, containers first.
+struct PodCgroups {
+    root: PathBuf,
+    pods: Vec<PathBuf>,
+    containers: Vec<PathBuf>,
+    uids: Vec<String>,
+}
+
+impl PodCgroups {
+    fn create(n: usize) -> Result<PodCgroups> {
+        let root = Path::new(BLKIO).join(format!("iogate-bench-{}", std::process::id()));
+        std::fs::create_dir(&root).with_context(|| format!("creating cgroup {}", root.display()))?;
+        let mut tree = PodCgroups { root, pods: Vec::new(), containers: Vec::new(), uids: Vec::new() };
+        for i in 0..n {
+            let (uid, container) = pod_ids(i as u64);
+            let pod = tree.root.join(format!("pod{uid}"));
+            std::fs::create_dir(&pod).with_context(|| format!("creating cgroup {}", pod.display()))?;
+            tree.pods.push(pod.clone());
+            let ctr = pod.join(container);
+            std::fs::create_dir(&ctr).with_context(|| format!("creating cgroup {}", ctr.display()))?;
+            tree.containers.push(ctr);
+            tree.uids.push(uid);
+        }
+        Ok(tree)
+    }
+}
+
+impl Drop for PodCgroups {
+    fn drop(&mut self) {
+        for dir in self.containers.iter().chain(&self.pods).chain([&self.root]) {
+            if let Err(e) = std::fs::remove_dir(dir) {
+                eprintln!("warning: could not remove cgroup {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
+/// A UUID-shaped pod UID and a 64-hex container id, unique to this process
+/// and index (the sidecar accepts only well-formed ones).
+fn pod_ids(i: u64) -> (String, String) {
+    let seed = (std::process::id() as u64) << 32 | i;
+    let mut state = seed;
+    let mut next = || {
+        // splitmix64: cheap, well-spread bits, no dependency.
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let (a, b) = (next(), next());
+    let uid = format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        0x8000 | ((b >> 48) & 0x3fff),
+        b & 0xffff_ffff_ffff
+    );
+    let container = (0..4).map(|_| format!("{:016x}", next())).collect();
+    (uid, container)
+}
+
+/// A thread that keeps every pod cgroup active: it moves itself into each
+/// container cgroup in turn and reads one 4 KiB block there with O_DIRECT,
+/// so the read is charged to that cgroup. Stopped and joined on drop; the
+/// thread moves itself back to the root cgroup first, so the cgroups can go.
+struct Worker {
+    stop: Arc<AtomicBool>,
+    ios: Arc<AtomicU64>,
+    handle: Option<JoinHandle<Result<()>>>,
+}
+
+/// A block for O_DIRECT reads: the buffer must be aligned to the sector.
+#[repr(C, align(4096))]
+struct Block([u8; 4096]);
+
+impl Worker {
+    fn start(cgroups: Vec<PathBuf>, device: &Path, blocks: u64) -> Result<Worker> {
+        let file = File::options()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECT)
+            .open(device)
+            .with_context(|| format!("opening {} with O_DIRECT", device.display()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ios = Arc::new(AtomicU64::new(0));
+        let (s, n) = (stop.clone(), ios.clone());
+        let handle = std::thread::Builder::new()
+            .name("pod-io".into())
+            .spawn(move || worker_loop(&cgroups, &file, blocks, &s, &n))
+            .context("starting the pod I/O worker")?;
+        Ok(Worker { stop, ios, handle: Some(handle) })
+    }
+
+    fn ios(&self) -> u64 {
+        self.ios.load(Ordering::Relaxed)
+    }
+
+    /// Fails if the thread has already ended (with its error).
+    fn check(&mut self) -> Result<()> {
+        if self.handle.as_ref().is_some_and(JoinHandle::is_finished) {
+            return self.join().and_then(|()| bail!("the pod I/O worker stopped early"));
+        }
+        Ok(())
+    }
+
+    fn join(&mut self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.handle.take() {
+            Some(h) => h.join().map_err(|_| anyhow::anyhow!("the pod I/O worker panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Err(e) = self.join() {
+            eprintln!("warning: pod I/O worker: {e:#}");
+        }
+    }
+}
+
+/// Puts the thread back into the root blkio cgroup when dropped, even on a
+/// panic, so the benchmark's cgroups are empty when they are removed.
+struct BackToRoot(String);
+
+impl Drop for BackToRoot {
+    fn drop(&mut self) {
+        let tasks = Path::new(BLKIO).join("tasks");
+        if let Err(e) = std::fs::write(&tasks, &self.0) {
+            eprintln!("warning: moving thread {} back to {}: {e}", self.0, tasks.display());
+        }
+    }
+}
+
+fn worker_loop(cgroups: &[PathBuf], file: &File, blocks: u64, stop: &AtomicBool, ios: &AtomicU64) -> Result<()> {
+    let tid = nix::unistd::gettid().to_string();
+    let _back = BackToRoot(tid.clone());
+    let mut buf = Box::new(Block([0; 4096]));
+    let period = Duration::from_secs(1) / WORKER_IOPS as u32;
+    let start = Instant::now();
+    let mut n: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let cgroup = &cgroups[(n % cgroups.len() as u64) as usize];
+        let tasks = cgroup.join("tasks");
+        std::fs::write(&tasks, &tid).with_context(|| format!("moving thread {tid} into {}", tasks.display()))?;
+        // A stride coprime with any power-of-two block count visits
+        // different blocks, so nothing is served from a cache.
+        let offset = (n.wrapping_mul(7919) % blocks) * 4096;
+        file.read_exact_at(&mut buf.0, offset).with_context(|| format!("O_DIRECT read at {offset}"))?;
+        n += 1;
+        ios.store(n, Ordering::Relaxed);
+        // Paced against the start, so the rate holds whatever each step costs.
+        let due = start + period * n as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    Ok(())
+}
+
+/// CPU time (user + system) the process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name may hold spaces: fields are counted after its `)`.
+    let rest = text.rsplit_once(')').with_context(|| format!("expected `pid (comm) …` in {path}"))?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `state` (field 3) is fields[0].
+    let field = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("expected a number as field {} in {path}", i + 3))
+    };
+    Ok(field(11)? + field(12)?)
+}
+
+/// `VmRSS` or `VmHWM` of the process, in KiB.
+fn status_kib(pid: u32, name: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("expected `{name}: N kB` in {path}"))
+}
+
+fn clock_ticks_per_second() -> Result<u64> {
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
+    ensure!(hz > 0, "sysconf(_SC_CLK_TCK) failed");
+    Ok(hz as u64)
+}
+
+/// How many of `uids` `/api/v1/metrics` lists as pods in the last window.
+fn pods_listed(sidecar: &Sidecar, uids: &[String]) -> Result<usize> {
+    let (status, v) = sidecar.json("/api/v1/metrics")?;
+    ensure!(status == 200, "GET /api/v1/metrics answered {status}: {v}");
+    let listed = v["pod_metrics"].as_object().context("expected a pod_metrics object in /api/v1/metrics")?;
+    let ours: std::collections::HashSet<&str> = uids.iter().map(String::as_str).collect();
+    Ok(listed.values().filter(|p| p["pod_uid"].as_str().is_some_and(|u| ours.contains(u))).count())
+}
+
+/// Waits until at least `want` of the pods are listed (the sidecar needs a
+/// window or two to see every cgroup and its I/O).
+fn wait_for_pods(sidecar: &Sidecar, uids: &[String], want: usize, worker: &mut Worker) -> Result<usize> {
+    let deadline = Instant::now() + SIDECAR_INTERVAL * 12;
+    loop {
+        worker.check()?;
+        let listed = pods_listed(sidecar, uids)?;
+        if listed >= want {
+            return Ok(listed);
+        }
+        if Instant::now() > deadline {
+            bail!("the sidecar lists only {listed} of the {} pods; its log:\n{}", uids.len(), sidecar.log());
+        }
+        std::thread::sleep(SIDECAR_INTERVAL / 2);
+    }
+}
+
+fn bench_pods() -> Result<()> {
+    // Locals drop in reverse order, on errors too: the sidecar stops first,
+    // then the worker leaves the cgroups, then they and the device go.
+    let disk = RamLoop::new(64).context("setting up the loop device the pods read")?;
+    let tree = PodCgroups::create(PODS)?;
+    let blocks = (disk.size_mib() as u64) << 8;
+    let mut worker = Worker::start(tree.containers.clone(), disk.device(), blocks)?;
+    let sidecar = Sidecar::start(SIDECAR_INTERVAL, &["--source", "ebpf"])?;
+    let pid = sidecar.pid()?;
+    // Every pod has I/O in every window; allow a handful to fall across a
+    // window edge.
+    let want = PODS * 99 / 100;
+    wait_for_pods(&sidecar, &tree.uids, want, &mut worker)?;
+
+    let hz = clock_ticks_per_second()?;
+    let (ticks0, ios0, t0) = (cpu_ticks(pid)?, worker.ios(), Instant::now());
+    std::thread::sleep(CPU_WINDOW);
+    let (ticks1, ios1, wall) = (cpu_ticks(pid)?, worker.ios(), t0.elapsed());
+    worker.check()?;
+    let cpu_pct = (ticks1 - ticks0) as f64 / hz as f64 / wall.as_secs_f64() * 100.0;
+    let (rss, hwm) = (status_kib(pid, "VmRSS")?, status_kib(pid, "VmHWM")?);
+    // Heap versus pages of the (large, debuginfo-carrying) binary mapped in.
+    let (anon, file) = (status_kib(pid, "RssAnon")?, status_kib(pid, "RssFile")?);
+    let listed = pods_listed(&sidecar, &tree.uids)?;
+    ensure!(listed >= want, "after the CPU window the sidecar lists only {listed} of {PODS} pods");
+    println!(
+        "sidecar: {PODS} active pods (blkio v1, {:.0} I/O/s across them), --source ebpf --interval {}s: \
+         RSS {:.1} MiB (anon {:.1}, file {:.1}; peak {:.1} MiB; target < 30 MiB), CPU {cpu_pct:.2}% of a core over {:.0} s \
+         (target < 2%); /api/v1/metrics lists {listed} of the {PODS} pods",
+        (ios1 - ios0) as f64 / wall.as_secs_f64(),
+        SIDECAR_INTERVAL.as_secs(),
+        rss as f64 / 1024.0,
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        wall.as_secs_f64(),
+    );
+
+    let (prom, prom_bytes) = time_gets(&sidecar, "/metrics")?;
+    let (api, api_bytes) = time_gets(&sidecar, "/api/v1/metrics")?;
+    worker.check()?;
+    println!(
+        "scrape: at {PODS} pods, {SCRAPES} sequential GETs each (new connection each): /metrics median {:?} \
+         p95 {:?}, {:.0} KiB; /api/v1/metrics median {:?} p95 {:?}, {:.0} KiB",
+        percentile(&prom, 0.5),
+        percentile(&prom, 0.95),
+        prom_bytes as f64 / 1024.0,
+        percentile(&api, 0.5),
+        percentile(&api, 0.95),
+        api_bytes as f64 / 1024.0,
+    );
+    drop(sidecar);
+    worker.join()?;
+    drop(tree);
+    drop(disk);
+    Ok(())
+}
+
+/// `SCRAPES` sequential `GET path`: the time of each and the largest body.
+fn time_gets(sidecar: &Sidecar, path: &str) -> Result<(Vec<Duration>, usize)> {
+    let mut took = Vec::with_capacity(SCRAPES);
+    let mut size = 0;
+    for _ in 0..SCRAPES {
+        let t = Instant::now();
+        let (status, body) = sidecar.get(path)?;
+        took.push(t.elapsed());
+        ensure!(status == 200, "GET {path} answered {status}: {body}");
+        size = size.max(body.len());
+    }
+    Ok((took, size))
+}
