@@ -3,8 +3,11 @@
 //! Everything is rendered from the latest cumulative frame, so counters only
 //! grow and `rate()` works across scrapes. Labels on every series:
 //! `namespace`, `pod`, `container` (empty for cgroups outside pods),
-//! `cgroup` (the cgroup path: unique, so two plain cgroups never collide),
-//! `device` (`MAJ:MIN`), `direction` (`read`/`write`).
+//! `cgroup` (the path of a cgroup outside pods, so two of them never
+//! collide; empty for containers, which namespace/pod/container already name
+//! — a pod's cgroup path is long, and repeating it on every bucket line
+//! would triple the size of a scrape), `device` (`MAJ:MIN`), `direction`
+//! (`read`/`write`).
 //!
 //! Latency histograms exist only when the source measures latency; in the
 //! cgroup-statistics fallback they are absent, not zero.
@@ -41,7 +44,7 @@ fn labels(s: &Series) -> String {
         escape(w.namespace.as_deref().unwrap_or("")),
         escape(w.pod.as_deref().unwrap_or("")),
         escape(w.container.as_deref().unwrap_or("")),
-        escape(&w.cgroup),
+        if w.pod.is_some() { String::new() } else { escape(&w.cgroup) },
         s.device,
         s.direction
     )
@@ -194,7 +197,7 @@ mod tests {
     #[test]
     fn histograms_are_cumulative_and_end_at_the_count() {
         let text = render(Some(&frame(SourceKind::Ebpf)), SelfState { ebpf_loaded: true, pods_synced: true });
-        let l = "namespace=\"shop\",pod=\"web-0\",container=\"app\",cgroup=\"/kubepods/pod00000000-0000-4000-8000-000000000001/0000000000000000000000000000000000000000000000000000000000000001\",device=\"7:0\",direction=\"read\"";
+        let l = "namespace=\"shop\",pod=\"web-0\",container=\"app\",cgroup=\"\",device=\"7:0\",direction=\"read\"";
         for line in [
             format!("iogate_io_requests_total{{{l}}} 3"),
             format!("iogate_io_bytes_total{{{l}}} 12288"),
