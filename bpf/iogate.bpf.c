@@ -26,8 +26,16 @@ struct inflight {
 	struct iogate_key key;
 };
 
+/*
+ * A plain preallocated hash, not an LRU one: LRU maintenance costs every
+ * update a list operation under a lock, on the hot path of every request.
+ * It stays bounded without eviction because its keys are request
+ * addresses, and blk-mq preallocates a fixed set of requests per queue
+ * (tags); an entry left behind (a request merged away after insert) is
+ * overwritten when its address is reused.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64); /* struct request * */
 	__type(value, struct inflight);
@@ -65,12 +73,17 @@ static __always_inline void track_issued(__u64 *id, struct inflight *f)
 		*n += 1;
 }
 
-/* Fills the key from the request; 0 when the request is not one we count. */
+/*
+ * Fills the key from the request; 0 when the request is not one we count.
+ * tp_btf arguments are typed kernel pointers: plain loads (CO-RE relocated
+ * through vmlinux.h's preserve_access_index) instead of a probe-read helper
+ * call per field, which is most of the cost on a fast device.
+ */
 static __always_inline int request_key(struct request *rq, struct iogate_key *key)
 {
-	struct bio *bio = BPF_CORE_READ(rq, bio);
-	__u32 op = BPF_CORE_READ(rq, cmd_flags) & REQ_OP_MASK;
-	__u32 major, minor;
+	struct bio *bio = rq->bio;
+	__u32 op = rq->cmd_flags & REQ_OP_MASK;
+	struct gendisk *disk;
 
 	/* Flushes and passthrough commands carry no bio, and move no data. */
 	if (!bio)
@@ -81,10 +94,9 @@ static __always_inline int request_key(struct request *rq, struct iogate_key *ke
 		key->dir = IOGATE_DIR_WRITE;
 	else
 		return 0;
-	key->cgroup_id = BPF_CORE_READ(bio, bi_blkg, blkcg, css.cgroup, kn, id);
-	major = BPF_CORE_READ(rq, q, disk, major);
-	minor = BPF_CORE_READ(rq, q, disk, first_minor);
-	key->dev = major << IOGATE_MINOR_BITS | minor;
+	key->cgroup_id = bio->bi_blkg->blkcg->css.cgroup->kn->id;
+	disk = rq->q->disk;
+	key->dev = (__u32)disk->major << IOGATE_MINOR_BITS | (__u32)disk->first_minor;
 	return 1;
 }
 
@@ -153,7 +165,7 @@ int BPF_PROG(block_rq_issue, struct request *rq)
 	 * earlier request at the same address (merged away, or its delete
 	 * failed) and is replaced.
 	 */
-	if (known && known->insert_ns && known->insert_ns >= BPF_CORE_READ(rq, start_time_ns)) {
+	if (known && known->insert_ns && known->insert_ns >= rq->start_time_ns) {
 		known->issue_ns = now;
 		return 0;
 	}
@@ -172,7 +184,7 @@ int BPF_PROG(block_rq_complete, struct request *rq, blk_status_t error, unsigned
 	struct iogate_stats *s;
 	__u64 now, start;
 	/* The tracepoint fires before the request is updated: this is what was left. */
-	unsigned int remaining = BPF_CORE_READ(rq, __data_len);
+	unsigned int remaining = rq->__data_len;
 
 	/* Not seen issued (in flight when we attached, or not a read/write). */
 	if (!f || !f->issue_ns)
