@@ -51,6 +51,13 @@ pub enum CgroupStatError {
     NoHierarchy { mounts: PathBuf },
 }
 
+impl CgroupStatError {
+    /// Line `index` (0-based) of `path` is not in the `expected` form.
+    fn malformed(path: &Path, index: usize, line: &str, expected: &'static str) -> CgroupStatError {
+        CgroupStatError::Malformed { path: path.to_path_buf(), line_no: index + 1, line: line.to_string(), expected }
+    }
+}
+
 /// Per-cgroup ops and bytes from the cgroup statistics files.
 #[derive(Debug, Clone)]
 pub struct CgroupStatSource {
@@ -185,12 +192,7 @@ pub fn parse_v1(path: &Path, text: &str) -> Result<Vec<(Device, Direction, u64)>
     const EXPECTED: &str = "\"MAJ:MIN OPERATION COUNT\" or \"Total COUNT\"";
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let malformed = || CgroupStatError::Malformed {
-            path: path.to_path_buf(),
-            line_no: i + 1,
-            line: line.to_string(),
-            expected: EXPECTED,
-        };
+        let malformed = || CgroupStatError::malformed(path, i, line, EXPECTED);
         let words: Vec<&str> = line.split_whitespace().collect();
         match words[..] {
             [] => {}
@@ -237,12 +239,7 @@ pub fn parse_v2(path: &Path, text: &str) -> Result<PerDevice, CgroupStatError> {
     const EXPECTED: &str = "\"MAJ:MIN rbytes=N wbytes=N rios=N wios=N ...\"";
     let mut out = PerDevice::new();
     for (i, line) in text.lines().enumerate() {
-        let malformed = || CgroupStatError::Malformed {
-            path: path.to_path_buf(),
-            line_no: i + 1,
-            line: line.to_string(),
-            expected: EXPECTED,
-        };
+        let malformed = || CgroupStatError::malformed(path, i, line, EXPECTED);
         let mut words = line.split_whitespace();
         let Some(dev) = words.next() else { continue };
         let device: Device = dev.parse().map_err(|_| malformed())?;
