@@ -18,6 +18,9 @@
 //!
 //! [`sampler`] runs steps 1–3 once per interval and [`state`] holds what the
 //! handlers read.
+//!
+//! [`view`] is the other end: the `kubectl iogate` plugin, which reads the
+//! REST API of every node's sidecar and shows the cluster's pods together.
 
 pub mod attribution;
 pub mod cgroup_path;
@@ -36,4 +39,5 @@ pub mod report;
 pub mod sampler;
 pub mod stacking;
 pub mod state;
+pub mod view;
 pub mod window;
