@@ -7,6 +7,8 @@ use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
+use iogate_core::Knob;
+
 use super::api::{ContainerMetrics, DeviceMetrics, Limits, MetricsResponse, PodMetrics};
 use super::workload::Workload;
 
@@ -97,29 +99,9 @@ impl Scope {
     }
 }
 
-/// An io.max knob.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Knob {
-    ReadIops,
-    WriteIops,
-    ReadBps,
-    WriteBps,
-}
-
-impl Knob {
-    /// io.max's own names, which operators already know.
-    pub fn name(self) -> &'static str {
-        match self {
-            Knob::ReadIops => "riops",
-            Knob::WriteIops => "wiops",
-            Knob::ReadBps => "rbps",
-            Knob::WriteBps => "wbps",
-        }
-    }
-
-    fn is_bytes(self) -> bool {
-        matches!(self, Knob::ReadBps | Knob::WriteBps)
-    }
+/// Bytes knobs are shown in binary units, IOPS knobs as counts.
+fn is_bytes(knob: Knob) -> bool {
+    matches!(knob, Knob::ReadBps | Knob::WriteBps)
 }
 
 /// What the LIMIT column says about a container.
@@ -139,8 +121,8 @@ impl fmt::Display for LimitCell {
             LimitCell::Unlimited => f.write_str("-"),
             LimitCell::Unknown => f.write_str("?"),
             LimitCell::Tightest { knob, value, utilization } => {
-                let value = if knob.is_bytes() { binary_size(value) } else { value.to_string() };
-                write!(f, "{value} {} {:.0}%", knob.name(), utilization * 100.0)
+                let value = if is_bytes(knob) { binary_size(value) } else { value.to_string() };
+                write!(f, "{value} {} {:.0}%", knob.io_max_key(), utilization * 100.0)
             }
         }
     }
