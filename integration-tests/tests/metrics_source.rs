@@ -7,12 +7,13 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use iogate_core::Device;
+use iogate_core::cgroup::CgroupMode;
+use iogate_core::{CgroupFs, CgroupVersion, Device};
 use iogate_integration_tests::fio::{within, Job, Rw};
 use iogate_integration_tests::host_io::{diskstats, run_fio, BlkioCgroup, FioTotals, Scheduler, BLKIO};
 use iogate_integration_tests::host_lock::HostLock;
 use iogate_integration_tests::loop_disk::LoopDisk;
-use iogate_metrics_sidecar::cgroup_stats::{CgroupStatSource, Hierarchy};
+use iogate_metrics_sidecar::cgroup_stats::CgroupStatSource;
 use iogate_metrics_sidecar::counters::{CgroupId, CounterSource, Direction, IoCounters, Snapshot};
 use iogate_metrics_sidecar::ebpf::EbpfSource;
 
@@ -56,7 +57,7 @@ fn measure(disk: &LoopDisk, cgroup: &BlkioCgroup, ebpf: &mut EbpfSource, job: &J
     let device = Device::new(major, minor);
     let direction = if job.rw == Rw::RandRead { Direction::Read } else { Direction::Write };
     let idx = if job.rw == Rw::RandRead { 0 } else { 1 };
-    let mut stats = CgroupStatSource::new(BLKIO, Hierarchy::V1Blkio);
+    let mut stats = CgroupStatSource::new(BLKIO, CgroupVersion::V1);
     let id = cgroup.id()?;
     cgroup.count_throttle_stats(device)?;
 
@@ -312,7 +313,7 @@ fn discovers_the_blkio_v1_hierarchy() -> Result<()> {
         eprintln!("skipped: no cgroup v1 blkio hierarchy at {BLKIO}");
         return Ok(());
     }
-    let s = CgroupStatSource::discover()?;
-    assert_eq!((s.root(), s.hierarchy()), (Path::new(BLKIO), Hierarchy::V1Blkio));
+    let s = CgroupStatSource::of(&CgroupFs::detect(CgroupMode::Auto)?);
+    assert_eq!((s.root(), s.version()), (Path::new(BLKIO), CgroupVersion::V1));
     Ok(())
 }

@@ -18,7 +18,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use iogate_core::Device;
+use iogate_core::{CgroupFs, CgroupVersion, Device};
 use thiserror::Error;
 
 use crate::counters::{CgroupId, CounterSource, Direction, IoCounters, IoKey, Snapshot, SourceKind};
@@ -26,15 +26,6 @@ use crate::counters::{CgroupId, CounterSource, Direction, IoCounters, IoKey, Sna
 const V1_OPS: &str = "blkio.throttle.io_serviced";
 const V1_BYTES: &str = "blkio.throttle.io_service_bytes";
 const V2_STAT: &str = "io.stat";
-
-/// Which statistics files the hierarchy has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hierarchy {
-    /// The cgroup v1 blkio hierarchy.
-    V1Blkio,
-    /// The cgroup v2 unified hierarchy with the io controller.
-    V2,
-}
 
 #[derive(Debug, Error)]
 pub enum CgroupStatError {
@@ -44,11 +35,6 @@ pub enum CgroupStatError {
     Malformed { path: PathBuf, line_no: usize, line: String, expected: &'static str },
     #[error("{path} line {line_no}: {device} {what} appears a second time; expected one line per device")]
     Duplicate { path: PathBuf, line_no: usize, device: Device, what: &'static str },
-    #[error(
-        "expected a cgroup hierarchy with the block I/O controller (v1 blkio, or v2 with io in \
-         cgroup.controllers) in {mounts}, found none"
-    )]
-    NoHierarchy { mounts: PathBuf },
 }
 
 impl CgroupStatError {
@@ -62,48 +48,28 @@ impl CgroupStatError {
 #[derive(Debug, Clone)]
 pub struct CgroupStatSource {
     root: PathBuf,
-    hierarchy: Hierarchy,
+    version: CgroupVersion,
 }
 
 impl CgroupStatSource {
-    /// Reads the hierarchy mounted at `root`, of the given kind.
-    pub fn new(root: impl Into<PathBuf>, hierarchy: Hierarchy) -> CgroupStatSource {
-        CgroupStatSource { root: root.into(), hierarchy }
+    /// Reads the hierarchy mounted at `root`: v1 `blkio.throttle.*` files
+    /// or v2 `io.stat`, as `version` says.
+    pub fn new(root: impl Into<PathBuf>, version: CgroupVersion) -> CgroupStatSource {
+        CgroupStatSource { root: root.into(), version }
     }
 
-    /// The hierarchy that has the block controller on this machine: the
-    /// blkio v1 mount if there is one (the controller can only be in one
-    /// hierarchy), else a cgroup2 mount whose root lists `io`.
-    pub fn discover() -> Result<CgroupStatSource, CgroupStatError> {
-        let mounts = Path::new("/proc/self/mounts");
-        let text = read(mounts)?;
-        let mut v2_roots = Vec::new();
-        for line in text.lines() {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let [_, target, fstype, options, ..] = fields[..] else { continue };
-            match fstype {
-                "cgroup" if options.split(',').any(|o| o == "blkio") => {
-                    return Ok(CgroupStatSource::new(target, Hierarchy::V1Blkio));
-                }
-                "cgroup2" => v2_roots.push(PathBuf::from(target)),
-                _ => {}
-            }
-        }
-        for root in v2_roots {
-            let controllers = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
-            if controllers.split_whitespace().any(|c| c == "io") {
-                return Ok(CgroupStatSource::new(root, Hierarchy::V2));
-            }
-        }
-        Err(CgroupStatError::NoHierarchy { mounts: mounts.to_path_buf() })
+    /// Reads the hierarchy that carries block I/O, as iogate-core found it
+    /// (the same one the cgroup tree walks and the limits are read from).
+    pub fn of(fs: &CgroupFs) -> CgroupStatSource {
+        CgroupStatSource::new(&fs.mount, fs.version)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    pub fn hierarchy(&self) -> Hierarchy {
-        self.hierarchy
+    pub fn version(&self) -> CgroupVersion {
+        self.version
     }
 
     /// Every cgroup's counters, keyed by the cgroup directory's inode.
@@ -118,9 +84,9 @@ impl CgroupStatSource {
                 Err(source) => return Err(CgroupStatError::Read { path: dir, source }),
             };
             let cgroup = CgroupId(meta.ino());
-            let per_device = match self.hierarchy {
-                Hierarchy::V1Blkio => read_v1(&dir)?,
-                Hierarchy::V2 => read_v2(&dir)?,
+            let per_device = match self.version {
+                CgroupVersion::V1 => read_v1(&dir)?,
+                CgroupVersion::V2 => read_v2(&dir)?,
             };
             for ((device, direction), counters) in per_device {
                 out.insert(IoKey { cgroup, device, direction }, counters);
@@ -165,10 +131,6 @@ fn read_optional(path: &Path) -> Result<Option<String>, CgroupStatError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(CgroupStatError::Read { path: path.to_path_buf(), source }),
     }
-}
-
-fn read(path: &Path) -> Result<String, CgroupStatError> {
-    std::fs::read_to_string(path).map_err(|source| CgroupStatError::Read { path: path.to_path_buf(), source })
 }
 
 fn read_v1(dir: &Path) -> Result<PerDevice, CgroupStatError> {
@@ -345,7 +307,7 @@ mod tests {
         write_v1(&pod, "7:0 Read 7\n7:0 Write 0\nTotal 7\n", "7:0 Read 28672\n7:0 Write 0\nTotal 28672\n");
         // A directory of the hierarchy without the files (vanished meanwhile) reports nothing.
         std::fs::create_dir_all(root.join("kubepods/empty")).unwrap();
-        let all = CgroupStatSource::new(root, Hierarchy::V1Blkio).read_all().unwrap();
+        let all = CgroupStatSource::new(root, CgroupVersion::V1).read_all().unwrap();
         let at_root = all[&key(ino(root), 7, 0, Direction::Read)];
         assert_eq!((at_root.ops, at_root.bytes), (120, 491520));
         let in_pod = all[&key(ino(&pod), 7, 0, Direction::Read)];
@@ -362,7 +324,7 @@ mod tests {
         let cg = t.path().join("a");
         std::fs::create_dir_all(&cg).unwrap();
         std::fs::write(cg.join(V2_STAT), "259:0 rbytes=10 wbytes=20 rios=1 wios=2\n").unwrap();
-        let mut src = CgroupStatSource::new(t.path(), Hierarchy::V2);
+        let mut src = CgroupStatSource::new(t.path(), CgroupVersion::V2);
         let snap = src.snapshot().unwrap();
         assert_eq!(snap.source, SourceKind::CgroupStats);
         assert_eq!(snap.counters[&key(ino(&cg), 259, 0, Direction::Write)].bytes, 20);

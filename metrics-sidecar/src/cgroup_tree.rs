@@ -5,8 +5,8 @@
 //! that id as the inode number of the cgroup's directory. So one `readdir`
 //! walk answers every id the eBPF program can report — for the hierarchy the
 //! I/O was charged in. On cgroup v1 and hybrid hosts that is the `blkio`
-//! mount, on pure v2 the unified mount; [`io_hierarchy`] picks it the same
-//! way the rest of iogate does.
+//! mount, on pure v2 the unified mount: iogate-core's `CgroupFs::detect`
+//! picks it, as for the limits.
 //!
 //! Cgroups come and go while the walk runs. A directory that vanishes between
 //! being listed and being read is simply not in the result; the next scan is
@@ -17,16 +17,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use iogate_core::cgroup::{CgroupError, CgroupMode};
-use iogate_core::CgroupFs;
-
 use crate::counters::CgroupId;
-
-/// The hierarchy that carries block I/O on this host (v1 `blkio` wins on
-/// hybrid hosts, as the kernel binds the controller there).
-pub fn io_hierarchy(mode: CgroupMode) -> Result<CgroupFs, CgroupError> {
-    CgroupFs::detect(mode)
-}
 
 /// Every cgroup under one root, by id.
 #[derive(Debug, Clone, Default)]
@@ -133,6 +124,9 @@ fn skip(rel: &str, e: &io::Error) {
 
 #[cfg(test)]
 mod tests {
+    use iogate_core::cgroup::CgroupMode;
+    use iogate_core::CgroupFs;
+
     use super::*;
 
     fn ino(p: &Path) -> CgroupId {
@@ -205,7 +199,7 @@ mod tests {
     fn scans_this_hosts_io_hierarchy() {
         // Every host that runs these tests has cgroups; the walk must find
         // the hierarchy's root and at least its own cgroup.
-        let Ok(fs) = io_hierarchy(CgroupMode::Auto) else { return };
+        let Ok(fs) = CgroupFs::detect(CgroupMode::Auto) else { return };
         let tree = CgroupTree::scan(&fs.mount).unwrap();
         assert_eq!(tree.path(ino(&fs.mount)), Some("/"));
     }

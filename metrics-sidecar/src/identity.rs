@@ -94,8 +94,8 @@ pub struct Identities {
 }
 
 impl Identities {
-    /// Scans `fs`'s hierarchy (the one that carries block I/O, see
-    /// [`crate::cgroup_tree::io_hierarchy`]) once.
+    /// Scans `fs`'s hierarchy (the one that carries block I/O, from
+    /// `CgroupFs::detect`) once.
     pub fn new(fs: CgroupFs, pods: PodDirectory) -> io::Result<Identities> {
         let tree = scan(&fs)?;
         Ok(Identities { fs, tree, pods, reported: Mutex::new(HashSet::new()) })
@@ -346,7 +346,7 @@ mod tests {
     #[test]
     fn this_process_cgroup_on_this_host() {
         // The real kernfs: a directory's inode is the id the kernel reports.
-        let fs = crate::cgroup_tree::io_hierarchy(Default::default()).expect("a host with a block-I/O hierarchy");
+        let fs = CgroupFs::detect(Default::default()).expect("a host with a block-I/O hierarchy");
         let ours = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let want = match fs.version {
             CgroupVersion::V1 => ours.lines().find_map(|l| l.split(':').nth(2).filter(|_| l.contains("blkio"))),

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use iogate_core::cgroup::CgroupMode;
+use iogate_core::CgroupFs;
 use iogate_metrics_sidecar::cgroup_stats::CgroupStatSource;
-use iogate_metrics_sidecar::cgroup_tree::io_hierarchy;
 use iogate_metrics_sidecar::counters::{CounterSource, SourceKind};
 use iogate_metrics_sidecar::diagnosis::NetworkMajors;
 use iogate_metrics_sidecar::ebpf::EbpfSource;
@@ -101,10 +101,9 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args> {
 /// The eBPF program if it loads; else, unless eBPF was required, the
 /// cgroup statistics, with the reason eBPF failed (said loudly: the
 /// operator loses latency).
-fn choose_source(choice: SourceChoice) -> Result<(Box<dyn CounterSource>, Option<String>)> {
+fn choose_source(choice: SourceChoice, fs: &CgroupFs) -> Result<(Box<dyn CounterSource>, Option<String>)> {
     let fallback = |why: String| -> Result<(Box<dyn CounterSource>, Option<String>)> {
-        let stats = CgroupStatSource::discover().context("the cgroup statistics fallback is unavailable too")?;
-        Ok((Box::new(stats), Some(why)))
+        Ok((Box::new(CgroupStatSource::of(fs)), Some(why)))
     };
     match choice {
         SourceChoice::CgroupStats => {
@@ -183,10 +182,10 @@ fn run_sampler(shared: Arc<Shared>, mut sampler: Sampler, mut identities: Identi
 }
 
 async fn run(args: Args) -> Result<()> {
-    let (source, ebpf_error) = choose_source(args.source)?;
+    let fs = CgroupFs::detect(args.cgroup_mode).context("finding the cgroup hierarchy with the io controller")?;
+    let (source, ebpf_error) = choose_source(args.source, &fs)?;
     let kind = source.kind();
     let directory = pod_directory(&args).await;
-    let fs = io_hierarchy(args.cgroup_mode).context("finding the cgroup hierarchy with the io controller")?;
     let root = fs.mount.clone();
     let identities = Identities::new(fs, directory.clone())
         .with_context(|| format!("scanning the cgroup hierarchy at {}", root.display()))?;
