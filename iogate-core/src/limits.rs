@@ -60,8 +60,9 @@ impl fmt::Display for Knob {
     }
 }
 
-/// Limits for one device; `None` means unlimited for that knob.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Limits for one device; `None` means unlimited for that knob. Serialized
+/// as `{"read_iops": 500, "write_iops": null, ...}` (the sidecar's API).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     pub read_iops: Option<u64>,
     pub write_iops: Option<u64>,

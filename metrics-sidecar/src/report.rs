@@ -66,26 +66,12 @@ pub struct DeviceMetrics {
     pub write_throughput_bps: f64,
     /// The limits in force (`null` knob: unlimited); `null` when they could
     /// not be read.
-    pub limits: Option<LimitsDoc>,
+    pub limits: Option<Limits>,
     /// Usage as a fraction of the tightest limit (0 when unlimited).
     pub limit_utilization: f64,
     /// Set when this device only carries the requests of a stacked device
     /// above it (a loop device's backing disk): left out of the pod's totals.
     pub lower_layer_of: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct LimitsDoc {
-    pub read_iops: Option<u64>,
-    pub write_iops: Option<u64>,
-    pub read_bps: Option<u64>,
-    pub write_bps: Option<u64>,
-}
-
-impl From<Limits> for LimitsDoc {
-    fn from(l: Limits) -> Self {
-        LimitsDoc { read_iops: l.read_iops, write_iops: l.write_iops, read_bps: l.read_bps, write_bps: l.write_bps }
-    }
 }
 
 /// A pod's metrics with the judgements IOEye puts next to them.
@@ -165,7 +151,7 @@ fn pod_metrics(group: &GroupUsage, window: &Window) -> PodMetrics {
                         write_iops: window.per_second(d.write.ops),
                         read_throughput_bps: window.per_second(d.read.bytes),
                         write_throughput_bps: window.per_second(d.write.bytes),
-                        limits: d.limits.map(LimitsDoc::from),
+                        limits: d.limits,
                         limit_utilization: limit_fraction(d, window.seconds),
                         lower_layer_of: d.lower_layer_of.map(|u| u.to_string()),
                     })

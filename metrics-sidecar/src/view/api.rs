@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+pub use iogate_core::Limits;
 use serde::Deserialize;
 
 /// The sidecar's `source` when eBPF could not load: rates only, no latency.
@@ -79,14 +80,6 @@ pub struct DeviceMetrics {
     pub lower_layer_of: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub struct Limits {
-    pub read_iops: Option<u64>,
-    pub write_iops: Option<u64>,
-    pub read_bps: Option<u64>,
-    pub write_bps: Option<u64>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,12 +121,7 @@ mod tests {
                     write_iops: 2.0,
                     read_throughput_bps: 614_400.0,
                     write_throughput_bps: 8192.0,
-                    limits: Some(report::LimitsDoc {
-                        read_iops: Some(150),
-                        write_iops: None,
-                        read_bps: None,
-                        write_bps: None,
-                    }),
+                    limits: Some(Limits { read_iops: Some(150), ..Limits::UNLIMITED }),
                     limit_utilization: 1.0,
                     lower_layer_of: None,
                 }],
