@@ -2,6 +2,7 @@
 //! and the limits in force on it. Frames are cumulative; `window` turns two
 //! of them into rates.
 
+use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
 
 use iogate_core::{Device, Limits};
@@ -37,19 +38,28 @@ pub struct Frame {
 impl Frame {
     pub fn attribute(snapshot: Snapshot, wall: SystemTime, who: &dyn Attribution) -> Frame {
         let mut removed = Vec::new();
+        // A cgroup has a series per device and direction: name it, and read
+        // its limit files, once per cgroup (and device), not per series.
+        let mut owners: HashMap<CgroupId, Workload> = HashMap::new();
+        let mut limits_of: HashMap<(CgroupId, Device), Option<Limits>> = HashMap::new();
         let mut series: Vec<Series> = snapshot
             .counters
             .into_iter()
             .map(|(key, counters)| {
-                let workload = if key.cgroup == CgroupId::NONE {
-                    Workload::outside_pods("(no cgroup)".into())
-                } else {
-                    who.workload(key.cgroup).unwrap_or_else(|| {
-                        removed.push(key.cgroup);
-                        Workload::outside_pods(format!("(removed) {}", key.cgroup))
+                let workload = owners
+                    .entry(key.cgroup)
+                    .or_insert_with(|| {
+                        if key.cgroup == CgroupId::NONE {
+                            return Workload::outside_pods("(no cgroup)".into());
+                        }
+                        who.workload(key.cgroup).unwrap_or_else(|| {
+                            removed.push(key.cgroup);
+                            Workload::outside_pods(format!("(removed) {}", key.cgroup))
+                        })
                     })
-                };
-                let limits = who.limits(key.cgroup, key.device);
+                    .clone();
+                let limits =
+                    *limits_of.entry((key.cgroup, key.device)).or_insert_with(|| who.limits(key.cgroup, key.device));
                 Series { cgroup: key.cgroup, workload, device: key.device, direction: key.direction, counters, limits }
             })
             .collect();
@@ -63,7 +73,6 @@ impl Frame {
             ))
         });
         removed.sort();
-        removed.dedup();
         Frame { taken_at: snapshot.taken_at, wall, source: snapshot.source, series, removed }
     }
 }
@@ -144,5 +153,35 @@ mod tests {
         assert_eq!(frame.series.len(), 2);
         assert_eq!(frame.removed, vec![CgroupId(9)]);
         assert!(frame.series.iter().any(|s| s.workload.cgroup == "(removed) 9" && s.counters.ops == 3));
+    }
+
+    /// Counts what the frame asks: limit files are real reads on a host.
+    struct Counting(Table, std::cell::Cell<usize>, std::cell::Cell<usize>);
+
+    impl Attribution for Counting {
+        fn workload(&self, id: CgroupId) -> Option<Workload> {
+            self.1.set(self.1.get() + 1);
+            self.0.workload(id)
+        }
+
+        fn limits(&self, id: CgroupId, device: Device) -> Option<Limits> {
+            self.2.set(self.2.get() + 1);
+            self.0.limits(id, device)
+        }
+    }
+
+    #[test]
+    fn each_cgroup_is_named_and_its_limits_read_once_per_device() {
+        let who = Counting(Table::default().pod(7, "ns", "web", "app"), Default::default(), Default::default());
+        let mut counters = HashMap::new();
+        for device in [Device::new(7, 0), Device::new(8, 0)] {
+            for direction in Direction::BOTH {
+                counters.insert(IoKey { cgroup: CgroupId(7), device, direction }, IoCounters::default());
+            }
+        }
+        let snap = Snapshot { taken_at: Instant::now(), source: SourceKind::Ebpf, counters };
+        let frame = Frame::attribute(snap, SystemTime::now(), &who);
+        assert_eq!(frame.series.len(), 4);
+        assert_eq!((who.1.get(), who.2.get()), (1, 2));
     }
 }

@@ -202,7 +202,7 @@ async fn top_slow(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap
 
 async fn prometheus_text(State(shared): State<Arc<Shared>>) -> Response {
     let me = SelfState { ebpf_loaded: shared.source.has_latency(), pods_synced: shared.pods().synced };
-    let body = prometheus::render(shared.read().frame.as_ref(), me);
+    let body = prometheus::render(shared.read().frame.as_deref(), me);
     ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], body).into_response()
 }
 

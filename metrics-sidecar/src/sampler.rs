@@ -1,5 +1,6 @@
 //! One tick of the pipeline: snapshot → frame → window → judged metrics.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context;
@@ -16,7 +17,7 @@ use crate::window::Window;
 
 pub struct Sampler {
     source: Box<dyn CounterSource>,
-    previous: Option<Frame>,
+    previous: Option<Arc<Frame>>,
     history: History,
     network: NetworkMajors,
 }
@@ -42,6 +43,9 @@ impl Sampler {
             tracing::warn!("dropping the counters of {} removed cgroup(s): {e:#}", frame.removed.len());
         }
         let at = frame.taken_at;
+        // The next window starts from this frame, and /metrics renders it:
+        // one frame, shared.
+        let frame = Arc::new(frame);
         self.previous = Some(frame.clone());
         Ok(Published { frame: Some(frame), assessed, window_seconds, at: Some(at) })
     }

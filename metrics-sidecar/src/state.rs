@@ -1,6 +1,6 @@
 //! What the sampler publishes and the HTTP handlers read.
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -13,7 +13,7 @@ use crate::report::Assessed;
 #[derive(Debug, Default)]
 pub struct Published {
     /// Cumulative counters (for `/metrics`).
-    pub frame: Option<Frame>,
+    pub frame: Option<Arc<Frame>>,
     /// The last window's judged metrics (for the REST API); empty until two
     /// frames exist.
     pub assessed: Vec<Assessed>,
