@@ -194,7 +194,6 @@ int BPF_PROG(block_rq_complete, struct request *rq, blk_status_t error, unsigned
 		return 0;
 	now = bpf_ktime_get_ns();
 	__sync_fetch_and_add(&s->bytes, nr_bytes < remaining ? nr_bytes : remaining);
-	s->last_update_ns = now;
 	if (nr_bytes < remaining)
 		return 0;
 

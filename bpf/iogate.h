@@ -23,7 +23,6 @@ struct iogate_stats {
 	__u64 queued_ops;
 	__u64 queue_ns;
 	__u64 disk_ns;
-	__u64 last_update_ns; /* bpf_ktime_get_ns (CLOCK_MONOTONIC) of the last completion */
 	__u64 total_hist[IOGATE_BUCKETS];
 	__u64 queue_hist[IOGATE_BUCKETS];
 	__u64 disk_hist[IOGATE_BUCKETS];

@@ -117,12 +117,6 @@ impl Identities {
         Some(Workload::resolve(self.hierarchy_path(rel), &self.pods))
     }
 
-    /// Whether the cgroup existed at the last refresh; counters of cgroups
-    /// that no longer exist can be expired.
-    pub fn exists(&self, id: CgroupId) -> bool {
-        self.tree.contains(id)
-    }
-
     /// The limits in force on `device` in that cgroup: `Limits::UNLIMITED`
     /// when none are set (or the kernel has no throttling files there),
     /// `None` when the cgroup is unknown or gone, or its files unreadable
@@ -294,11 +288,10 @@ mod tests {
         let mut ids = identities(&t, CgroupVersion::V1, PodDirectory::syncing());
         let dir = t.path().join(format!("kubepods/burstable/pod{UID}/{APP}"));
         let app = id(&dir);
-        assert!(ids.exists(app));
+        assert!(ids.workload(app).is_some());
         std::fs::remove_dir(&dir).unwrap();
-        assert!(ids.exists(app), "known until the next refresh");
+        assert!(ids.workload(app).is_some(), "known until the next refresh");
         ids.refresh().unwrap();
-        assert!(!ids.exists(app));
         assert_eq!(ids.workload(app), None);
         assert_eq!(ids.limits(app, Device::new(8, 0)), None);
     }

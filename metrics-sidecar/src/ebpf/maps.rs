@@ -32,8 +32,6 @@ pub struct RawStats {
     pub queued_ops: u64,
     pub queue_ns: u64,
     pub disk_ns: u64,
-    /// CLOCK_MONOTONIC ns of the last completion counted here.
-    pub last_update_ns: u64,
     pub total_hist: [u64; BUCKETS],
     pub queue_hist: [u64; BUCKETS],
     pub disk_hist: [u64; BUCKETS],
@@ -42,7 +40,7 @@ pub struct RawStats {
 // The C side is plain integers with no padding; a size change means the two
 // definitions drifted apart.
 const _: () = assert!(std::mem::size_of::<RawKey>() == 16);
-const _: () = assert!(std::mem::size_of::<RawStats>() == 8 * (6 + 3 * BUCKETS));
+const _: () = assert!(std::mem::size_of::<RawStats>() == 8 * (5 + 3 * BUCKETS));
 
 // SAFETY: both are repr(C), made only of integers, with no padding (asserted
 // above), so every bit pattern is a valid value.
@@ -104,7 +102,6 @@ mod tests {
             queued_ops: 2,
             queue_ns: 500,
             disk_ns: 9000,
-            last_update_ns: 1,
             total_hist: [0; BUCKETS],
             queue_hist: [0; BUCKETS],
             disk_hist: [0; BUCKETS],

@@ -6,7 +6,7 @@ mod probe;
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
@@ -107,14 +107,6 @@ impl EbpfSource {
         self.remove_where(|key, _| gone.contains(&key.cgroup_id))
     }
 
-    /// Drops the counters of every key without a completion for longer than
-    /// `idle`. Returns how many entries were removed.
-    pub fn expire_idle(&mut self, idle: Duration) -> Result<usize> {
-        let now = monotonic_ns()?;
-        let idle_ns = idle.as_nanos().min(u64::MAX as u128) as u64;
-        self.remove_where(|_, stats| now.saturating_sub(stats.last_update_ns) > idle_ns)
-    }
-
     /// Requests issued since load that the program could not follow to
     /// completion (the kernel refused the in-flight entry, see
     /// `bpf/iogate.bpf.c`): they are missing from every counter. A growing
@@ -186,13 +178,4 @@ impl CounterSource for EbpfSource {
 
 fn kernel_stats_enabled() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
-}
-
-/// The clock `bpf_ktime_get_ns` reads.
-fn monotonic_ns() -> Result<u64> {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    anyhow::ensure!(rc == 0, "clock_gettime(CLOCK_MONOTONIC): {}", std::io::Error::last_os_error());
-    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
