@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
-use aya::{Btf, Ebpf};
+use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::counters::{CgroupId, CounterSource, IoCounters, IoKey, Snapshot, SourceKind};
 use maps::{RawKey, RawStats, STATS_MAP, UNTRACKED_MAP};
@@ -53,7 +53,10 @@ impl EbpfSource {
     /// Loads the programs into the kernel and attaches them.
     pub fn load() -> Result<EbpfSource> {
         let btf = Btf::from_sys_fs().context("reading kernel BTF from /sys/kernel/btf/vmlinux")?;
-        let mut ebpf = Ebpf::load(OBJECT).context("loading the eBPF object (maps and relocations)")?;
+        // One parse of the kernel's BTF (megabytes) for both the object's
+        // CO-RE relocations and the programs' attach targets.
+        let mut ebpf =
+            EbpfLoader::new().btf(Some(&btf)).load(OBJECT).context("loading the eBPF object (maps and relocations)")?;
         let mut probes = Probes::load(&mut ebpf, &btf)?;
         probes.attach(&mut ebpf)?;
         Ok(EbpfSource { ebpf, probes, run_stats_fd: None })
