@@ -16,10 +16,18 @@ pub enum Rw {
 }
 
 impl Rw {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Rw::RandRead => "randread",
             Rw::RandWrite => "randwrite",
+        }
+    }
+
+    /// The key of this direction's results in fio's JSON job object.
+    pub fn json_side(self) -> &'static str {
+        match self {
+            Rw::RandRead => "read",
+            Rw::RandWrite => "write",
         }
     }
 }
@@ -55,29 +63,42 @@ impl Job {
         Ok(())
     }
 
-    /// The container's command: fio starts at once, with direct I/O.
-    /// `dir` is the data disk's path inside the container.
-    pub fn command(&self, dir: &str) -> Vec<String> {
-        let n = &self.name;
+    /// The job's fio arguments on `filename` with `ioengine`: time-based
+    /// 4 KiB direct I/O, the JSON summary written to `output`.
+    pub fn args(&self, filename: &str, ioengine: &str, output: &str) -> Vec<String> {
         [
-            "/usr/bin/fio".to_string(),
-            format!("--name={n}"),
-            format!("--filename={dir}/{n}.dat"),
+            format!("--name={}", self.name),
+            format!("--filename={filename}"),
             format!("--size={}M", self.size_mib),
             "--direct=1".into(),
             format!("--rw={}", self.rw.as_str()),
             "--bs=4k".into(),
-            "--ioengine=psync".into(),
+            format!("--ioengine={ioengine}"),
             format!("--iodepth={}", self.iodepth),
             format!("--runtime={}", self.seconds),
             "--time_based".into(),
-            format!("--write_iops_log={dir}/{n}"),
-            "--log_avg_msec=1000".into(),
             "--output-format=json".into(),
-            format!("--output={dir}/{n}.json"),
+            format!("--output={output}"),
         ]
         .into()
     }
+
+    /// The container's command: fio starts at once, with direct I/O.
+    /// `dir` is the data disk's path inside the container.
+    pub fn command(&self, dir: &str) -> Vec<String> {
+        let n = &self.name;
+        let mut cmd = vec!["/usr/bin/fio".to_string()];
+        cmd.extend(self.args(&format!("{dir}/{n}.dat"), "psync", &format!("{dir}/{n}.json")));
+        cmd.extend([format!("--write_iops_log={dir}/{n}"), "--log_avg_msec=1000".into()]);
+        cmd
+    }
+}
+
+/// fio's JSON summary (fio may print notes before the JSON object).
+pub fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading fio output {}", path.display()))?;
+    let start = text.find('{').with_context(|| format!("expected JSON in {}, found {text:?}", path.display()))?;
+    serde_json::from_str(&text[start..]).with_context(|| format!("parsing fio JSON in {}", path.display()))
 }
 
 /// What one fio run measured.
@@ -93,17 +114,8 @@ impl Measured {
     /// Reads `<dir>/<name>.json` and `<dir>/<name>_iops.1.log` on the host.
     pub fn read(job: &Job, host_dir: &Path) -> Result<Measured> {
         let json_path = host_dir.join(format!("{}.json", job.name));
-        let text = std::fs::read_to_string(&json_path)
-            .with_context(|| format!("reading fio output {}", json_path.display()))?;
-        // fio may print notes before the JSON object.
-        let start =
-            text.find('{').with_context(|| format!("expected JSON in {}, found {text:?}", json_path.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text[start..])
-            .with_context(|| format!("parsing fio JSON in {}", json_path.display()))?;
-        let dir = match job.rw {
-            Rw::RandRead => "read",
-            Rw::RandWrite => "write",
-        };
+        let v = read_json(&json_path)?;
+        let dir = job.rw.json_side();
         let iops = v["jobs"][0][dir]["iops"]
             .as_f64()
             .with_context(|| format!("expected jobs[0].{dir}.iops in {}", json_path.display()))?;

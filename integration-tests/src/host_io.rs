@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use iogate_core::Device;
 use iogate_metrics_sidecar::counters::CgroupId;
 
-use crate::fio::{Job, Rw};
+use crate::fio::{read_json, Job};
 use crate::loop_disk::LoopDisk;
 
 pub const BLKIO: &str = "/sys/fs/cgroup/blkio";
@@ -113,33 +113,20 @@ pub fn run_fio(cgroup: &BlkioCgroup, dir: &Path, job: &Job) -> Result<FioTotals>
 /// fio's JSON summary written into `dir`.
 pub fn run_fio_on(cgroup: &BlkioCgroup, target: &Path, dir: &Path, job: &Job) -> Result<FioTotals> {
     let json = dir.join(format!("{}.json", job.name));
-    let rw = match job.rw {
-        Rw::RandRead => "randread",
-        Rw::RandWrite => "randwrite",
-    };
     // The shell joins the cgroup, then becomes fio: every I/O fio does is
     // charged to the cgroup from its first one.
     let out = Command::new("sh")
         .args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
         .arg(cgroup.path.join("cgroup.procs"))
         .arg("fio")
-        .arg(format!("--name={}", job.name))
-        .arg(format!("--filename={}", target.display()))
-        .arg(format!("--size={}M", job.size_mib))
-        .args(["--direct=1", "--bs=4k", "--ioengine=libaio", "--time_based", "--output-format=json"])
-        .arg(format!("--rw={rw}"))
-        .arg(format!("--iodepth={}", job.iodepth))
-        .arg(format!("--runtime={}", job.seconds))
-        .arg(format!("--output={}", json.display()))
+        .args(job.args(&target.display().to_string(), "libaio", &json.display().to_string()))
         .output()
         .context("running fio")?;
     if !out.status.success() {
         bail!("fio failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
     }
-    let text = std::fs::read_to_string(&json).with_context(|| format!("reading {}", json.display()))?;
-    let start = text.find('{').with_context(|| format!("expected JSON in {}, found {text:?}", json.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text[start..]).context("parsing fio JSON")?;
-    let side = &v["jobs"][0][if job.rw == Rw::RandRead { "read" } else { "write" }];
+    let v = read_json(&json)?;
+    let side = &v["jobs"][0][job.rw.json_side()];
     let field = |name: &str| side[name].as_u64().with_context(|| format!("expected integer {name} in fio JSON"));
     Ok(FioTotals {
         ios: field("total_ios")?,
