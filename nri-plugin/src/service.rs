@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -23,6 +24,10 @@ pub(crate) struct PluginService {
     /// State received so far from runtimes that split Synchronize (NRI v0.8+
     /// sets `more` on all but the last chunk), per ttrpc connection.
     partial_syncs: Mutex<HashMap<RawFd, PartialSync>>,
+    /// Whether the runtime of the current connection has sent Configure:
+    /// proof that it accepted our registration, even when its reply to
+    /// RegisterPlugin is lost because it hung up right after.
+    configured: AtomicBool,
 }
 
 #[derive(Default)]
@@ -33,13 +38,25 @@ struct PartialSync {
 
 impl PluginService {
     pub(crate) fn new(plugin: Arc<dyn Plugin>, runtime: RuntimeHandle) -> PluginService {
-        PluginService { plugin, runtime, partial_syncs: Mutex::new(HashMap::new()) }
+        PluginService {
+            plugin,
+            runtime,
+            partial_syncs: Mutex::new(HashMap::new()),
+            configured: AtomicBool::new(false),
+        }
     }
 
-    /// Drops chunks a previous connection left behind; its descriptor
-    /// number may be reused by the next one.
-    pub(crate) fn forget_partial_syncs(&self) {
+    /// Forgets what the previous connection left behind: Synchronize chunks
+    /// (its descriptor number may be reused by the next one) and whether it
+    /// configured us.
+    pub(crate) fn start_session(&self) {
         self.partial_syncs().clear();
+        self.configured.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether the runtime of this connection has configured the plugin.
+    pub(crate) fn configured(&self) -> bool {
+        self.configured.load(Ordering::SeqCst)
     }
 
     fn partial_syncs(&self) -> MutexGuard<'_, HashMap<RawFd, PartialSync>> {
@@ -69,6 +86,7 @@ impl api::Plugin for PluginService {
             return Err(refusal("Configure", anyhow::anyhow!("the plugin subscribes to no events")));
         }
         self.plugin.configure(&req).map_err(|err| refusal("Configure", err))?;
+        self.configured.store(true, Ordering::SeqCst);
         if let Ok(ms) = u64::try_from(req.request_timeout) {
             if ms > 0 {
                 self.runtime.set_request_timeout(Duration::from_millis(ms));

@@ -47,7 +47,7 @@ pub(crate) fn run(trunk: UnixStream, identity: &Identity, shared: &Shared<'_>) -
     if !shared.stop.enter_session(mux.closer()) {
         return SessionEnd { registered: false, outcome: Ok(()) };
     }
-    shared.service.forget_partial_syncs();
+    shared.service.start_session();
 
     let mut bridges = Vec::with_capacity(2);
     let end = match connect(&mux, plugin_conn, runtime_conn, shared.server, &mut bridges)
@@ -65,6 +65,18 @@ pub(crate) fn run(trunk: UnixStream, identity: &Identity, shared: &Shared<'_>) -
         // Stopping closes the mux, which may surface as a failed
         // registration; it is not an error.
         Err(_) if shared.stop.is_stopped() => SessionEnd { registered: false, outcome: Ok(()) },
+        // The runtime configured us, so it took the registration; its reply
+        // was lost because it closed the connection right after (a restart
+        // under load does that). That is a session that ended, not one that
+        // failed.
+        Err(err) if shared.service.configured() => {
+            tracing::info!(
+                plugin = %identity,
+                error = format!("{err:#}"),
+                "the runtime closed the NRI connection before its registration reply arrived"
+            );
+            SessionEnd { registered: true, outcome: Ok(()) }
+        }
         Err(err) => SessionEnd { registered: false, outcome: Err(err) },
     };
 

@@ -474,6 +474,41 @@ mod tests {
         serving.join().unwrap().expect("a runtime hang-up ends the session cleanly");
     }
 
+    /// containerd configures a plugin as soon as it has taken the
+    /// registration, so its reply may still be on its way when a runtime
+    /// that is restarting hangs up; the session still ended, not failed.
+    #[test]
+    fn a_hang_up_before_the_registration_reply_ends_the_session_cleanly() {
+        let stub = Arc::new(Stub::new(Arc::new(Limiter::default())));
+        let (plugin_end, runtime_end) = UnixStream::pair().unwrap();
+        let runtime = FakeRuntime::attach_holding_replies(runtime_end);
+        let serving = {
+            let stub = Arc::clone(&stub);
+            thread::spawn(move || stub.serve_connection(plugin_end, &Identity::new("iogate", "10").unwrap()))
+        };
+        runtime.expect_registration();
+        runtime.plugin.configure(call_context(), &api::ConfigureRequest::default()).unwrap();
+        runtime.hang_up();
+        serving.join().unwrap().expect("a runtime that configured us and hung up ends the session cleanly");
+    }
+
+    /// Without Configure nothing shows that the runtime took the
+    /// registration: a lost reply is a failed registration.
+    #[test]
+    fn a_hang_up_before_configure_is_a_failed_registration() {
+        let stub = Arc::new(Stub::new(Arc::new(Limiter::default())));
+        let (plugin_end, runtime_end) = UnixStream::pair().unwrap();
+        let runtime = FakeRuntime::attach_holding_replies(runtime_end);
+        let serving = {
+            let stub = Arc::clone(&stub);
+            thread::spawn(move || stub.serve_connection(plugin_end, &Identity::new("iogate", "10").unwrap()))
+        };
+        runtime.expect_registration();
+        runtime.hang_up();
+        let err = serving.join().unwrap().expect_err("no reply and no Configure: registration failed");
+        assert!(format!("{err:#}").starts_with("registering plugin 10-iogate with the runtime"), "{err:#}");
+    }
+
     #[test]
     fn plugin_errors_reach_the_runtime_verbatim() {
         let stub = Arc::new(Stub::new(Arc::new(Limiter::default())));
@@ -484,6 +519,8 @@ mod tests {
             thread::spawn(move || stub.serve_connection(plugin_end, &Identity::new("iogate", "10").unwrap()))
         };
         runtime.expect_registration();
+        // containerd configures a plugin before it sends any event.
+        runtime.plugin.configure(call_context(), &api::ConfigureRequest::default()).unwrap();
 
         match create(&runtime, "refused") {
             Err(ttrpc::Error::RpcStatus(status)) => {
