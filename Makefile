@@ -10,7 +10,7 @@ CARGO ?= cargo
 ## and an annotated one on a loop-device disk; prints limits and measured IOPS.
 demo: deps containerd
 	$(CARGO) build --release --workspace --bins
-	$(CARGO) run --release -p iogate-integration-tests --bin iogate-demo
+	$(CARGO) run --release -p iogate-tools --bin iogate-demo
 
 ## Every test: formatting, lints, unit tests, and the end-to-end tests on real
 ## containerd 1.7 and 2.1, runc, cgroup v1 and v2.

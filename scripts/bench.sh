@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks of iogate's own cost (figures go in the README): see
-# integration-tests/src/bin/iogate-bench.rs and iogate-sidecar-bench.rs for
+# tools/src/bin/iogate-bench.rs and iogate-sidecar-bench.rs for
 # what each one measures. Arguments pick benchmarks of the first binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -26,7 +26,7 @@ PACKAGES=(
   clang llvm libbpf-dev bpftool
   # The CRI client crate (k8s-cri) runs protoc in its build script through
   # prost-build, which no longer bundles a protoc: without this the
-  # integration-tests crate does not build.
+  # testbed crate does not build.
   protobuf-compiler
   ca-certificates   # apt over https mirrors
   bpftrace          # the sidecar benchmark's peer measurement

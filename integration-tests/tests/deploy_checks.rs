@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use iogate_core::Device;
-use iogate_integration_tests::fio::{Job, Rw};
-use iogate_integration_tests::host_io::{run_fio, BlkioCgroup};
-use iogate_integration_tests::host_lock::HostLock;
-use iogate_integration_tests::loop_disk::LoopDisk;
-use iogate_integration_tests::repo_root;
-use iogate_integration_tests::sidecar::{parse_exposition, Sidecar};
+use iogate_testbed::fio::{Job, Rw};
+use iogate_testbed::host_io::{run_fio, BlkioCgroup};
+use iogate_testbed::host_lock::HostLock;
+use iogate_testbed::loop_disk::LoopDisk;
+use iogate_testbed::repo_root;
+use iogate_testbed::sidecar::{parse_exposition, Sidecar};
 use manifests::{fail_on, Document};
 
 fn deploy_dir() -> PathBuf {

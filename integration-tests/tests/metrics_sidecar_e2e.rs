@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use iogate_core::{CgroupVersion, Device};
-use iogate_integration_tests::containerd_daemon::Version;
-use iogate_integration_tests::fio::{within, Job, Rw};
-use iogate_integration_tests::host_io::{diskstats, run_fio, BlkioCgroup, FioTotals};
-use iogate_integration_tests::host_lock::HostLock;
-use iogate_integration_tests::loop_disk::LoopDisk;
-use iogate_integration_tests::sidecar::{sum, Sidecar};
-use iogate_integration_tests::stack::{Stack, StackOptions, DATA_IN_CONTAINER};
-use iogate_integration_tests::{fio, repo_root};
+use iogate_testbed::containerd_daemon::Version;
+use iogate_testbed::fio::{within, Job, Rw};
+use iogate_testbed::host_io::{diskstats, run_fio, BlkioCgroup, FioTotals};
+use iogate_testbed::host_lock::HostLock;
+use iogate_testbed::loop_disk::LoopDisk;
+use iogate_testbed::sidecar::{sum, Sidecar};
+use iogate_testbed::stack::{Stack, StackOptions, DATA_IN_CONTAINER};
+use iogate_testbed::{fio, repo_root};
 use serde_json::Value;
 
 const INTERVAL: Duration = Duration::from_secs(1);

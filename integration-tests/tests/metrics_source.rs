@@ -9,13 +9,13 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use iogate_core::cgroup::CgroupMode;
 use iogate_core::{CgroupFs, CgroupVersion, Device};
-use iogate_integration_tests::fio::{within, Job, Rw};
-use iogate_integration_tests::host_io::{diskstats, run_fio, BlkioCgroup, FioTotals, Scheduler, BLKIO};
-use iogate_integration_tests::host_lock::HostLock;
-use iogate_integration_tests::loop_disk::LoopDisk;
 use iogate_metrics_sidecar::cgroup_stats::CgroupStatSource;
 use iogate_metrics_sidecar::counters::{CgroupId, CounterSource, Direction, IoCounters, Snapshot};
 use iogate_metrics_sidecar::ebpf::EbpfSource;
+use iogate_testbed::fio::{within, Job, Rw};
+use iogate_testbed::host_io::{diskstats, run_fio, BlkioCgroup, FioTotals, Scheduler, BLKIO};
+use iogate_testbed::host_lock::HostLock;
+use iogate_testbed::loop_disk::LoopDisk;
 
 const SECONDS: u32 = 5;
 

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use iogate_core::{CgroupVersion, Limits};
-use iogate_integration_tests::cgroup_v2_host::{CgroupV2Io, PinnedHierarchy};
-use iogate_integration_tests::containerd_daemon::Version;
-use iogate_integration_tests::fio::{self, Job, Measured, Rw};
-use iogate_integration_tests::host_lock::HostLock;
-use iogate_integration_tests::stack::{PluginMode, Stack, StackOptions, DATA_IN_CONTAINER};
+use iogate_testbed::cgroup_v2_host::{CgroupV2Io, PinnedHierarchy};
+use iogate_testbed::containerd_daemon::Version;
+use iogate_testbed::fio::{self, Job, Measured, Rw};
+use iogate_testbed::host_lock::HostLock;
+use iogate_testbed::stack::{PluginMode, Stack, StackOptions, DATA_IN_CONTAINER};
 
 /// Defaults 200/200 IOPS, ceiling 400, namespace `trusted` may exempt.
 const POLICY: &str = r#"

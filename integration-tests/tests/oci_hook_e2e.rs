@@ -6,12 +6,12 @@
 use std::time::{Duration, Instant};
 
 use iogate_core::{CgroupFs, CgroupVersion, Device, Limits};
-use iogate_integration_tests::containerd_daemon::remove_cgroup_tree;
-use iogate_integration_tests::fio::{self, Job, Measured, Rw};
-use iogate_integration_tests::host_lock::HostLock;
-use iogate_integration_tests::loop_disk::LoopDisk;
-use iogate_integration_tests::oci_image;
-use iogate_integration_tests::runc_bundle::Bundle;
+use iogate_testbed::containerd_daemon::remove_cgroup_tree;
+use iogate_testbed::fio::{self, Job, Measured, Rw};
+use iogate_testbed::host_lock::HostLock;
+use iogate_testbed::loop_disk::LoopDisk;
+use iogate_testbed::oci_image;
+use iogate_testbed::runc_bundle::Bundle;
 use serde_json::json;
 
 #[test]
@@ -25,7 +25,7 @@ fn runc_bundle_is_throttled_from_its_first_io() {
     let disk = LoopDisk::new(512).unwrap();
     let (maj, min) = disk.major_minor().unwrap();
     let data = disk.subdir("bundle").unwrap();
-    let hook = iogate_integration_tests::workspace_binary("iogate-oci-hook").unwrap();
+    let hook = iogate_testbed::workspace_binary("iogate-oci-hook").unwrap();
     let log = data.join("hook.log");
     let parent = format!("/iogate-hook-e2e-{}", std::process::id());
     let job = Job::new("fio", Rw::RandRead, 5);
@@ -106,10 +106,10 @@ fn podman_with_the_shipped_hooks_d_file() {
     let (maj, min) = disk.major_minor().unwrap();
     let data = disk.subdir("podman").unwrap();
     let work = tempfile::tempdir().unwrap();
-    let hook = iogate_integration_tests::workspace_binary("iogate-oci-hook").unwrap();
+    let hook = iogate_testbed::workspace_binary("iogate-oci-hook").unwrap();
     let log = work.path().join("hook.log");
 
-    let shipped = iogate_integration_tests::repo_root().join("oci-hook/config/hooks.d/iogate.json");
+    let shipped = iogate_testbed::repo_root().join("oci-hook/config/hooks.d/iogate.json");
     let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&shipped).unwrap()).unwrap();
     spec["hook"]["path"] = json!(hook);
     spec["hook"]["args"] = json!(["iogate-oci-hook", "--log", log]);

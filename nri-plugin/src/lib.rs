@@ -9,14 +9,15 @@
 //! container adjustments.
 
 pub mod api;
-mod bridge;
 pub mod events;
+mod framing;
 mod identity;
 pub mod iogate_plugin;
 pub mod limiter;
 pub mod mux;
+mod rpc;
 mod runtime;
-mod server;
+mod serve;
 mod service;
 mod session;
 pub mod stub;

@@ -29,9 +29,10 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 /// Identifies a virtual connection within a [`Mux`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -193,9 +194,18 @@ pub struct MuxConn {
     queue: Receiver<Vec<u8>>,
     pending: Vec<u8>,
     offset: usize,
+    read_timeout: Option<Duration>,
 }
 
 impl MuxConn {
+    /// Makes reads that wait longer than `timeout` fail with
+    /// [`io::ErrorKind::TimedOut`] (`None`, the default: wait for ever).
+    /// Nothing is lost by a timed-out read: the next one picks up where the
+    /// data stream stands.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout = timeout;
+    }
+
     pub fn id(&self) -> ConnId {
         ConnId(self.id)
     }
@@ -214,12 +224,19 @@ impl Read for MuxConn {
             return Ok(0);
         }
         while self.offset == self.pending.len() {
-            match self.queue.recv() {
+            let next = match self.read_timeout {
+                None => self.queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(timeout) => self.queue.recv_timeout(timeout),
+            };
+            match next {
                 Ok(frame) => {
                     self.pending = frame;
                     self.offset = 0;
                 }
-                Err(_) => {
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "no data within the read timeout"))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
                     return match self.shared.lock_state().end.clone() {
                         Some(Err(err)) => Err(err.into_io()),
                         _ => Ok(0),
@@ -314,7 +331,15 @@ impl Shared {
         state.next_generation += 1;
         let (queue_tx, queue_rx) = sync_channel(READ_QUEUE_FRAMES);
         state.conns.insert(id.0, Slot { generation, queue: queue_tx });
-        Ok(MuxConn { id: id.0, generation, shared: Arc::clone(self), queue: queue_rx, pending: Vec::new(), offset: 0 })
+        Ok(MuxConn {
+            id: id.0,
+            generation,
+            shared: Arc::clone(self),
+            queue: queue_rx,
+            pending: Vec::new(),
+            offset: 0,
+            read_timeout: None,
+        })
     }
 
     /// Records how the multiplexer ended (first call wins) and tears it down.
@@ -628,6 +653,16 @@ mod tests {
         assert_eq!(reader.join().unwrap(), 0);
         assert!(mux.wait().is_ok());
         drop(mux); // joins the reader thread; would hang if it were still blocked
+    }
+
+    #[test]
+    fn a_timed_out_read_loses_nothing() {
+        let (trunk, mut peer) = UnixStream::pair().unwrap();
+        let (_mux, [mut conn]) = Mux::start(trunk, [ConnId(1)]).unwrap();
+        conn.set_read_timeout(Some(Duration::from_millis(20)));
+        assert_eq!(conn.read(&mut [0u8; 4]).unwrap_err().kind(), io::ErrorKind::TimedOut);
+        peer.write_all(&frame(1, b"late")).unwrap();
+        assert_eq!(read_n(&mut conn, 4), b"late");
     }
 
     #[test]

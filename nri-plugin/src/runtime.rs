@@ -4,6 +4,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::api;
+use crate::rpc::RpcClient;
+
+/// The runtime's ttrpc service, as NRI's `api.proto` names it.
+pub(crate) const RUNTIME_SERVICE: &str = "nri.pkg.api.v1alpha1.Runtime";
 
 /// NRI's default for how long a plugin may take to answer a request; the
 /// runtime tells the real value in Configure.
@@ -24,7 +28,7 @@ pub enum RuntimeError {
 pub struct RuntimeHandle(Arc<Mutex<Link>>);
 
 struct Link {
-    client: Option<api::RuntimeClient>,
+    client: Option<Arc<RpcClient>>,
     request_timeout: Duration,
 }
 
@@ -55,13 +59,13 @@ impl RuntimeHandle {
             (link.client.clone().ok_or(RuntimeError::NotConnected)?, link.request_timeout)
         };
         let request = api::UpdateContainersRequest { update: updates, ..Default::default() };
-        let reply = client
-            .update_containers(ttrpc::context::with_duration(timeout), &request)
+        let reply: api::UpdateContainersResponse = client
+            .call("UpdateContainers", &request, timeout)
             .map_err(|err| RuntimeError::Rpc(describe_rpc_error(&err)))?;
         Ok(reply.failed)
     }
 
-    pub(crate) fn attach(&self, client: api::RuntimeClient) {
+    pub(crate) fn attach(&self, client: Arc<RpcClient>) {
         self.lock().client = Some(client);
     }
 

@@ -38,12 +38,7 @@ struct PartialSync {
 
 impl PluginService {
     pub(crate) fn new(plugin: Arc<dyn Plugin>, runtime: RuntimeHandle) -> PluginService {
-        PluginService {
-            plugin,
-            runtime,
-            partial_syncs: Mutex::new(HashMap::new()),
-            configured: AtomicBool::new(false),
-        }
+        PluginService { plugin, runtime, partial_syncs: Mutex::new(HashMap::new()), configured: AtomicBool::new(false) }
     }
 
     /// Forgets what the previous connection left behind: Synchronize chunks

@@ -1,18 +1,21 @@
-//! One NRI connection from start to end: multiplex the socket, wire both
-//! services to ttrpc, register, then serve until the runtime hangs up.
+//! One NRI connection from start to end: multiplex the socket, serve the
+//! plugin service and open a client of the runtime service on it, register,
+//! then serve until the runtime hangs up.
 
-use std::os::fd::IntoRawFd;
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 
 use crate::api;
-use crate::bridge::Bridge;
 use crate::identity::Identity;
 use crate::mux::{ConnId, Mux};
-use crate::runtime::{describe_rpc_error, RuntimeHandle};
-use crate::server::LocalServer;
+use crate::rpc::RpcClient;
+use crate::runtime::{describe_rpc_error, RuntimeHandle, RUNTIME_SERVICE};
+use crate::serve::{Methods, Serving};
 use crate::service::PluginService;
 use crate::stub::StopHandle;
 
@@ -20,9 +23,14 @@ use crate::stub::StopHandle;
 /// arrives with Configure, after registration.
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Numbers the sessions of this process, for the plugin service to tell
+/// one connection's requests from the next one's.
+static SESSIONS: AtomicI32 = AtomicI32::new(1);
+
 /// What a session needs from the stub that outlives it.
 pub(crate) struct Shared<'a> {
-    pub(crate) server: &'a LocalServer,
+    /// The plugin service's method table (`api::create_plugin`).
+    pub(crate) methods: &'a Arc<Methods>,
     pub(crate) service: &'a PluginService,
     pub(crate) runtime: &'a RuntimeHandle,
     pub(crate) stop: &'a StopHandle,
@@ -49,11 +57,18 @@ pub(crate) fn run(trunk: UnixStream, identity: &Identity, shared: &Shared<'_>) -
     }
     shared.service.start_session();
 
-    let mut bridges = Vec::with_capacity(2);
-    let end = match connect(&mux, plugin_conn, runtime_conn, shared.server, &mut bridges)
-        .and_then(|runtime| register(&runtime, identity).map(|()| runtime))
-    {
-        Ok(runtime) => {
+    let session: RawFd = SESSIONS.fetch_add(1, Ordering::Relaxed);
+    let serving = match Serving::start(plugin_conn, Arc::clone(shared.methods), session) {
+        Ok(serving) => serving,
+        Err(err) => {
+            shared.stop.leave_session();
+            mux.close();
+            return SessionEnd { registered: false, outcome: Err(err).context("serving the plugin service") };
+        }
+    };
+    let runtime = Arc::new(RpcClient::new(RUNTIME_SERVICE, runtime_conn));
+    let end = match register(&runtime, identity) {
+        Ok(()) => {
             tracing::info!(plugin = %identity, "registered with the runtime");
             shared.runtime.attach(runtime);
             let outcome = mux.wait().context("NRI connection failed");
@@ -81,37 +96,13 @@ pub(crate) fn run(trunk: UnixStream, identity: &Identity, shared: &Shared<'_>) -
     };
 
     shared.stop.leave_session();
-    // Dropping the runtime client closes its end of the bridged socket.
     shared.runtime.detach();
     mux.close();
-    for bridge in bridges {
-        bridge.join();
-    }
+    serving.join();
     end
 }
 
-/// Connects the plugin service to our ttrpc server and a ttrpc client to the
-/// runtime service.
-fn connect(
-    mux: &Mux,
-    plugin_conn: crate::mux::MuxConn,
-    runtime_conn: crate::mux::MuxConn,
-    server: &LocalServer,
-    bridges: &mut Vec<Bridge>,
-) -> anyhow::Result<api::RuntimeClient> {
-    let to_server = server.connect().context("connecting to the plugin's ttrpc server")?;
-    bridges.push(Bridge::spawn(plugin_conn, to_server, mux.closer()).context("bridging the plugin service")?);
-
-    let (client_end, bridged_end) = UnixStream::pair().context("creating the runtime client socket")?;
-    bridges.push(Bridge::spawn(runtime_conn, bridged_end, mux.closer()).context("bridging the runtime service")?);
-    // The ttrpc client takes ownership of the descriptor and closes it on drop.
-    let client = ttrpc::Client::new(client_end.into_raw_fd())
-        .map_err(|err| anyhow::anyhow!(describe_rpc_error(&err)))
-        .context("creating the runtime ttrpc client")?;
-    Ok(api::RuntimeClient::new(client))
-}
-
-fn register(runtime: &api::RuntimeClient, identity: &Identity) -> anyhow::Result<()> {
+fn register(runtime: &RpcClient, identity: &Identity) -> anyhow::Result<()> {
     let request = api::RegisterPluginRequest {
         plugin_name: identity.name().to_owned(),
         plugin_idx: identity.index().to_owned(),
@@ -119,7 +110,7 @@ fn register(runtime: &api::RuntimeClient, identity: &Identity) -> anyhow::Result
         ..Default::default()
     };
     runtime
-        .register_plugin(ttrpc::context::with_duration(REGISTRATION_TIMEOUT), &request)
+        .call::<_, api::Empty>("RegisterPlugin", &request, REGISTRATION_TIMEOUT)
         .map_err(|err| anyhow::anyhow!(describe_rpc_error(&err)))
         .with_context(|| format!("registering plugin {identity} with the runtime"))?;
     Ok(())

@@ -16,14 +16,12 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use anyhow::Context as _;
-
 use crate::api;
 use crate::events::EventMask;
 pub use crate::identity::{Identity, IdentityError, PreRegistered};
 use crate::mux::MuxCloser;
 pub use crate::runtime::{RuntimeError, RuntimeHandle};
-use crate::server::LocalServer;
+use crate::serve::Methods;
 use crate::service::PluginService;
 use crate::session;
 
@@ -131,15 +129,16 @@ pub struct Stub {
     stop: StopHandle,
     reconnect_initial: Duration,
     reconnect_max: Duration,
-    /// Started on first use, then shared by every connection (see
-    /// `server.rs` for why).
-    server: Mutex<Option<Arc<LocalServer>>>,
+    /// The plugin service's method table, served on every connection.
+    methods: Arc<Methods>,
 }
 
 impl Stub {
     pub fn new(plugin: Arc<dyn Plugin>) -> Stub {
         let runtime = RuntimeHandle::default();
         let service = Arc::new(PluginService::new(Arc::clone(&plugin), runtime.clone()));
+        let served: Arc<dyn api::Plugin + Send + Sync> = service.clone();
+        let methods = Arc::new(api::create_plugin(served));
         Stub {
             plugin,
             service,
@@ -147,7 +146,7 @@ impl Stub {
             stop: StopHandle::default(),
             reconnect_initial: DEFAULT_RECONNECT_INITIAL,
             reconnect_max: DEFAULT_RECONNECT_MAX,
-            server: Mutex::new(None),
+            methods,
         }
     }
 
@@ -183,16 +182,14 @@ impl Stub {
     /// Registers on an already connected NRI socket and serves it until the
     /// runtime closes it (`Ok`), it fails, or the stub is stopped (`Ok`).
     pub fn serve_connection(&self, conn: UnixStream, identity: &Identity) -> anyhow::Result<()> {
-        let server = self.server()?;
-        session::run(conn, identity, &self.session_shared(&server)).outcome
+        session::run(conn, identity, &self.session_shared()).outcome
     }
 
     /// Connects to the NRI socket at `socket_path`, registers as `identity`,
     /// serves, and does it again whenever the connection is lost or cannot
     /// be made, until stopped. Every attempt is logged.
     pub fn run_external(&self, socket_path: &Path, identity: &Identity) -> anyhow::Result<()> {
-        let server = self.server()?;
-        let shared = self.session_shared(&server);
+        let shared = self.session_shared();
         let mut delay = self.reconnect_initial;
         let mut attempt: u64 = 0;
         while !self.stop.is_stopped() {
@@ -230,20 +227,8 @@ impl Stub {
         Ok(())
     }
 
-    fn server(&self) -> anyhow::Result<Arc<LocalServer>> {
-        let mut server = self.server.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(server) = server.as_ref() {
-            return Ok(Arc::clone(server));
-        }
-        let service: Arc<dyn api::Plugin + Send + Sync> = self.service.clone();
-        let started =
-            Arc::new(LocalServer::start(api::create_plugin(service)).context("starting the plugin's ttrpc server")?);
-        *server = Some(Arc::clone(&started));
-        Ok(started)
-    }
-
-    fn session_shared<'a>(&'a self, server: &'a LocalServer) -> session::Shared<'a> {
-        session::Shared { server, service: &self.service, runtime: &self.runtime, stop: &self.stop }
+    fn session_shared(&self) -> session::Shared<'_> {
+        session::Shared { methods: &self.methods, service: &self.service, runtime: &self.runtime, stop: &self.stop }
     }
 }
 
@@ -313,7 +298,8 @@ impl StopHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{call_context, FakeRuntime, PATIENCE};
+    use crate::testing::{FakeRuntime, PATIENCE};
+    use anyhow::Context as _;
     use std::collections::HashMap;
     use std::os::unix::net::UnixListener;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -413,7 +399,7 @@ mod tests {
             container: Some(container(&format!("id-{name}"), name)).into(),
             ..Default::default()
         };
-        runtime.plugin.create_container(call_context(), &request)
+        runtime.plugin.create_container(&request)
     }
 
     #[test]
@@ -438,7 +424,7 @@ mod tests {
             request_timeout: 2000,
             ..Default::default()
         };
-        let configured = runtime.plugin.configure(call_context(), &configure).unwrap();
+        let configured = runtime.plugin.configure(&configure).unwrap();
         // CreateContainer (4) is bit 3, StopContainer (10) bit 9.
         assert_eq!(configured.events, 0x8 | 0x200);
 
@@ -449,10 +435,10 @@ mod tests {
             more: true,
             ..Default::default()
         };
-        let reply = runtime.plugin.synchronize(call_context(), &first).unwrap();
+        let reply = runtime.plugin.synchronize(&first).unwrap();
         assert!(reply.more && reply.update.is_empty());
         let last = api::SynchronizeRequest { containers: vec![container("c2", "web")], ..Default::default() };
-        let reply = runtime.plugin.synchronize(call_context(), &last).unwrap();
+        let reply = runtime.plugin.synchronize(&last).unwrap();
         assert!(!reply.more);
         let updated: Vec<&str> = reply.update.iter().map(|u| u.container_id.as_str()).collect();
         assert_eq!(updated, ["c1", "c2"]);
@@ -467,7 +453,7 @@ mod tests {
         assert_eq!(hooks[0].timeout.value, 5);
         assert!(created.update.is_empty());
 
-        runtime.plugin.shutdown(call_context(), &api::Empty::new()).unwrap();
+        runtime.plugin.shutdown().unwrap();
         assert_eq!(limiter.shutdowns.load(Ordering::SeqCst), 1);
 
         runtime.hang_up();
@@ -487,7 +473,7 @@ mod tests {
             thread::spawn(move || stub.serve_connection(plugin_end, &Identity::new("iogate", "10").unwrap()))
         };
         runtime.expect_registration();
-        runtime.plugin.configure(call_context(), &api::ConfigureRequest::default()).unwrap();
+        runtime.plugin.configure(&api::ConfigureRequest::default()).unwrap();
         runtime.hang_up();
         serving.join().unwrap().expect("a runtime that configured us and hung up ends the session cleanly");
     }
@@ -520,7 +506,7 @@ mod tests {
         };
         runtime.expect_registration();
         // containerd configures a plugin before it sends any event.
-        runtime.plugin.configure(call_context(), &api::ConfigureRequest::default()).unwrap();
+        runtime.plugin.configure(&api::ConfigureRequest::default()).unwrap();
 
         match create(&runtime, "refused") {
             Err(ttrpc::Error::RpcStatus(status)) => {

@@ -1,33 +1,60 @@
 //! A stand-in for containerd's side of NRI, built from the same parts as the
 //! plugin side, for loopback tests.
 
-use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use protobuf::Message;
+
 use crate::api;
-use crate::bridge::Bridge;
 use crate::mux::{ConnId, Mux};
-use crate::server::LocalServer;
+use crate::rpc::RpcClient;
+use crate::serve::Serving;
 
 /// Generous bound for anything a test waits on.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
 
-pub(crate) fn call_context() -> ttrpc::context::Context {
-    ttrpc::context::with_duration(PATIENCE)
-}
+/// The plugin's ttrpc service, as NRI's `api.proto` names it.
+const PLUGIN_SERVICE: &str = "nri.pkg.api.v1alpha1.Plugin";
 
 /// The runtime end of one NRI connection: serves the Runtime service
 /// (recording registrations) and calls the plugin's Plugin service.
 pub(crate) struct FakeRuntime {
-    pub(crate) plugin: api::PluginClient,
+    pub(crate) plugin: PluginCaller,
     registrations: Receiver<api::RegisterPluginRequest>,
     mux: Mux,
-    bridges: Vec<Bridge>,
+    serving: Serving,
     release_replies: Option<Sender<()>>,
-    _server: LocalServer,
+}
+
+/// Calls the plugin's service the way the runtime does.
+pub(crate) struct PluginCaller(RpcClient);
+
+impl PluginCaller {
+    fn call<Req: Message, Resp: Message>(&self, method: &str, req: &Req) -> ttrpc::Result<Resp> {
+        self.0.call(method, req, PATIENCE)
+    }
+
+    pub(crate) fn configure(&self, req: &api::ConfigureRequest) -> ttrpc::Result<api::ConfigureResponse> {
+        self.call("Configure", req)
+    }
+
+    pub(crate) fn synchronize(&self, req: &api::SynchronizeRequest) -> ttrpc::Result<api::SynchronizeResponse> {
+        self.call("Synchronize", req)
+    }
+
+    pub(crate) fn create_container(
+        &self,
+        req: &api::CreateContainerRequest,
+    ) -> ttrpc::Result<api::CreateContainerResponse> {
+        self.call("CreateContainer", req)
+    }
+
+    pub(crate) fn shutdown(&self) -> ttrpc::Result<api::Empty> {
+        self.call("Shutdown", &api::Empty::new())
+    }
 }
 
 struct RecordingRuntime {
@@ -45,12 +72,11 @@ impl api::Runtime for RecordingRuntime {
     ) -> ttrpc::Result<api::Empty> {
         let _ = self.registrations.send(req);
         if let Some(hold) = &self.hold_replies {
-            let _ = hold.lock().unwrap().recv_timeout(PATIENCE);
+            let _ = hold.lock().unwrap_or_else(|p| p.into_inner()).recv_timeout(PATIENCE);
         }
         Ok(api::Empty::new())
     }
 }
-
 
 impl FakeRuntime {
     /// Takes over the runtime end of an NRI socket. Like containerd, it
@@ -74,19 +100,10 @@ impl FakeRuntime {
             Mux::start(trunk, [ConnId::PLUGIN_SERVICE, ConnId::RUNTIME_SERVICE]).unwrap();
         let (sender, registrations) = channel();
         let recording = RecordingRuntime { registrations: sender, hold_replies };
-        let server = LocalServer::start(api::create_runtime(Arc::new(recording))).unwrap();
-        let runtime_bridge = Bridge::spawn(runtime_conn, server.connect().unwrap(), mux.closer()).unwrap();
-        let (client_end, bridged_end) = UnixStream::pair().unwrap();
-        let plugin_bridge = Bridge::spawn(plugin_conn, bridged_end, mux.closer()).unwrap();
-        let plugin = api::PluginClient::new(ttrpc::Client::new(client_end.into_raw_fd()).unwrap());
-        FakeRuntime {
-            plugin,
-            registrations,
-            mux,
-            bridges: vec![runtime_bridge, plugin_bridge],
-            release_replies: None,
-            _server: server,
-        }
+        let methods = Arc::new(api::create_runtime(Arc::new(recording)));
+        let serving = Serving::start(runtime_conn, methods, 0).unwrap();
+        let plugin = PluginCaller(RpcClient::new(PLUGIN_SERVICE, plugin_conn));
+        FakeRuntime { plugin, registrations, mux, serving, release_replies: None }
     }
 
     pub(crate) fn expect_registration(&self) -> api::RegisterPluginRequest {
@@ -95,17 +112,13 @@ impl FakeRuntime {
 
     /// Closes the connection the way a stopping containerd does.
     pub(crate) fn hang_up(self) {
-        let FakeRuntime { plugin, mux, bridges, release_replies, _server } = self;
+        let FakeRuntime { plugin, mux, serving, release_replies, .. } = self;
         mux.close();
         drop(plugin);
-        for bridge in bridges {
-            bridge.join();
-        }
-        // Held replies go out now, into a closed connection; the server
-        // stops once its handlers have returned.
+        // Held replies go out now, into a closed connection.
         if let Some(release) = release_replies {
             let _ = release.send(());
         }
-        drop(_server);
+        serving.join();
     }
 }

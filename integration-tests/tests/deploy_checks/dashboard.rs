@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
-use iogate_integration_tests::sidecar::Sample;
+use iogate_testbed::sidecar::Sample;
 use serde_json::Value;
 
 use super::promql::{histogram_family, metric_names};
@@ -164,7 +164,7 @@ pub fn as_plain_promql(expr: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iogate_integration_tests::sidecar::parse_exposition;
+    use iogate_testbed::sidecar::parse_exposition;
     use serde_json::json;
 
     fn dash(panels: Value) -> Value {

@@ -31,14 +31,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use iogate_core::Device;
-use iogate_integration_tests::fio::{Job, Rw};
-use iogate_integration_tests::host_io::{run_fio_on, BlkioCgroup, FioTotals, BLKIO};
-use iogate_integration_tests::host_lock::HostLock;
-use iogate_integration_tests::loop_disk::RamLoop;
-use iogate_integration_tests::process::Background;
-use iogate_integration_tests::sidecar::Sidecar;
 use iogate_metrics_sidecar::counters::{CounterSource, Direction, IoKey};
 use iogate_metrics_sidecar::ebpf::EbpfSource;
+use iogate_testbed::fio::{Job, Rw};
+use iogate_testbed::host_io::{run_fio_on, BlkioCgroup, FioTotals, BLKIO};
+use iogate_testbed::host_lock::HostLock;
+use iogate_testbed::loop_disk::RamLoop;
+use iogate_testbed::process::Background;
+use iogate_testbed::sidecar::Sidecar;
 use nix::sys::signal::Signal;
 
 /// Alternating rounds per configuration, and their length.

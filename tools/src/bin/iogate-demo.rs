@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use iogate_core::CgroupVersion;
-use iogate_integration_tests::containerd_daemon::Version;
-use iogate_integration_tests::fio::{Job, Measured, Rw};
-use iogate_integration_tests::host_lock::HostLock;
-use iogate_integration_tests::sidecar::Sidecar;
-use iogate_integration_tests::stack::{Stack, StackOptions, DATA_IN_CONTAINER};
+use iogate_testbed::containerd_daemon::Version;
+use iogate_testbed::fio::{Job, Measured, Rw};
+use iogate_testbed::host_lock::HostLock;
+use iogate_testbed::sidecar::Sidecar;
+use iogate_testbed::stack::{Stack, StackOptions, DATA_IN_CONTAINER};
 
 /// Built-in defaults, plus one namespace whose pods may exempt themselves.
 const DEMO_POLICY: &str = "[exemptions]\nnamespaces = [\"trusted\"]\n";

@@ -1,4 +1,4 @@
-//! Test harness for iogate's end-to-end tests: real containerd (Debian's 1.7
+//! The testbed of iogate's end-to-end tests, demo and benchmarks: real containerd (Debian's 1.7
 //! and 2.1 packages), real runc, loop devices as data disks, images built
 //! locally. Everything a fixture creates is undone by its `Drop`, so a failing
 //! test leaves no mount, loop device, cgroup or process behind.
@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 /// The workspace root (this crate sits one level below it).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("integration-tests has a parent").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("testbed has a parent").to_path_buf()
 }
 
 /// A binary of this workspace, built by `cargo build --workspace --bins`

@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use iogate_core::{CgroupFs, CgroupVersion, Config, Device, Policy};
-use iogate_integration_tests::containerd_daemon::Version;
-use iogate_integration_tests::cri_client::ContainerSpec;
-use iogate_integration_tests::host_lock::HostLock;
-use iogate_integration_tests::stack::{Stack, StackOptions};
 use iogate_nri_plugin::api;
 use iogate_nri_plugin::limiter::Limiter;
+use iogate_testbed::containerd_daemon::Version;
+use iogate_testbed::cri_client::ContainerSpec;
+use iogate_testbed::host_lock::HostLock;
+use iogate_testbed::stack::{Stack, StackOptions};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -66,7 +66,7 @@ fn bench_policy() -> Result<()> {
 }
 
 fn bench_hook() -> Result<()> {
-    let hook = iogate_integration_tests::workspace_binary("iogate-oci-hook")?;
+    let hook = iogate_testbed::workspace_binary("iogate-oci-hook")?;
     let cg = format!("/sys/fs/cgroup/blkio/iogate-bench-{}", std::process::id());
     std::fs::create_dir_all(&cg)?;
     let mut sleeper = Command::new("sleep").arg("300").spawn()?;
