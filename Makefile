@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test deps containerd build lint unit e2e bench
+.PHONY: demo test deps containerd vm build bench
 
 ## Local demo: a real containerd with the iogate NRI plugin, a throttled pod
 ## and an annotated one on a loop-device disk; prints limits and measured IOPS.
@@ -14,7 +14,7 @@ demo: deps containerd
 
 ## Every test: formatting, lints, unit tests, and the end-to-end tests on real
 ## containerd 1.7 and 2.1, runc, cgroup v1 and v2.
-test: deps containerd
+test: deps containerd vm
 	scripts/test.sh
 
 deps:
@@ -23,6 +23,11 @@ deps:
 
 containerd:
 	scripts/fetch-containerd.sh
+
+## The cgroup v2 node VM's kernels and root filesystem (after containerd:
+## the VM runs the same containerd builds).
+vm: containerd
+	scripts/fetch-vm.sh
 
 build:
 	$(CARGO) build --workspace --all-targets

@@ -92,10 +92,7 @@ fn device_of(disk: &LoopDisk) -> Result<Device> {
 /// checks each metric the dashboard reads against that `/metrics`.
 #[test]
 fn dashboard_metrics_exist_in_the_live_exposition() -> Result<()> {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED: needs root (eBPF, cgroups, loop devices)");
-        return Ok(());
-    }
+    iogate_testbed::require_root();
     let read = dashboard::metrics_read(&dashboard::queries(&dashboard::load(&dashboard_path())?)?)?;
     let _lock = HostLock::acquire()?;
     let disk = LoopDisk::new(128)?;

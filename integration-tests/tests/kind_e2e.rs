@@ -1,9 +1,12 @@
 //! `deploy/` on a real cluster: the kind cluster `scripts/kind-load.sh`
 //! makes (NRI on, the iogate image loaded, the node's /data on a real disk).
 //!
-//! Runs only with `IOGATE_KIND=1` and a reachable API server (the current
-//! kubeconfig context); otherwise it says `SKIPPED: no Kubernetes cluster
-//! (why)` and passes. When it runs it applies `deploy/` with `kubectl apply
+//! No Kubernetes can be had on the machines this project builds on, so the
+//! test is ignored (the summary counts it, with the reason); run it where a
+//! cluster is: `scripts/kind-load.sh`, then `IOGATE_KIND=1 cargo test -p
+//! iogate-integration-tests --test kind_e2e -- --ignored`. Asked to run
+//! without a reachable API server (the current kubeconfig context), it
+//! fails and says why. When it runs it applies `deploy/` with `kubectl apply
 //! -k`, waits for the DaemonSet and for the plugin's NRI registration, starts
 //! a plain pod and one annotated `iogate.io/read-iops: "150"` that read a file
 //! with O_DIRECT in a loop, checks the limits in each pod's own cgroup (v1
@@ -50,13 +53,11 @@ async fn cluster() -> std::result::Result<Client, String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: scripts/kind-load.sh, then IOGATE_KIND=1 ... --ignored"]
 async fn deploy_limits_pods_and_reports_their_metrics() -> Result<()> {
     let client = match cluster().await {
         Ok(c) => c,
-        Err(why) => {
-            eprintln!("SKIPPED: no Kubernetes cluster ({why}); run scripts/kind-load.sh first, then IOGATE_KIND=1");
-            return Ok(());
-        }
+        Err(why) => bail!("no Kubernetes cluster ({why}); run scripts/kind-load.sh first, then IOGATE_KIND=1"),
     };
     let kubectl = Kubectl::find()?;
     let namespace = format!("iogate-e2e-{}", std::process::id());

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use iogate_core::{CgroupVersion, Device};
+use iogate_core::Device;
 use iogate_testbed::containerd_daemon::Version;
 use iogate_testbed::fio::{within, Job, Rw};
 use iogate_testbed::host_io::{diskstats, run_fio, BlkioCgroup, FioTotals};
@@ -17,18 +17,10 @@ use iogate_testbed::host_lock::HostLock;
 use iogate_testbed::loop_disk::LoopDisk;
 use iogate_testbed::sidecar::{sum, Sidecar};
 use iogate_testbed::stack::{Stack, StackOptions, DATA_IN_CONTAINER};
-use iogate_testbed::{fio, repo_root};
+use iogate_testbed::{fio, repo_root, require_root};
 use serde_json::Value;
 
 const INTERVAL: Duration = Duration::from_secs(1);
-
-fn root() -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED: the sidecar tests need root (eBPF, cgroups, loop devices)");
-    false
-}
 
 /// The cgroup's path as the sidecar names it (relative to the blkio root).
 fn cgroup_label(cg: &BlkioCgroup) -> String {
@@ -99,9 +91,7 @@ fn measured_run(
 
 #[test]
 fn counts_over_http_match_fio_and_diskstats() -> Result<()> {
-    if !root() {
-        return Ok(());
-    }
+    require_root();
     let _lock = HostLock::acquire()?;
     let disk = LoopDisk::new(256)?;
     let sidecar = Sidecar::start(INTERVAL, &["--source", "ebpf"])?;
@@ -139,9 +129,7 @@ fn cgroup_entry(sidecar: &Sidecar, label: &str) -> Result<(Value, Value)> {
 
 #[test]
 fn a_throttled_cgroup_shows_its_limit_and_a_queue_bottleneck() -> Result<()> {
-    if !root() {
-        return Ok(());
-    }
+    require_root();
     let _lock = HostLock::acquire()?;
     let disk = LoopDisk::new(256)?;
     let device = device_of(&disk)?;
@@ -188,9 +176,7 @@ fn a_throttled_cgroup_shows_its_limit_and_a_queue_bottleneck() -> Result<()> {
 
 #[test]
 fn the_fallback_counts_without_latency_and_says_so() -> Result<()> {
-    if !root() {
-        return Ok(());
-    }
+    require_root();
     let _lock = HostLock::acquire()?;
     let disk = LoopDisk::new(256)?;
     let sidecar = Sidecar::start(INTERVAL, &["--source", "cgroup-stats"])?;
@@ -219,9 +205,7 @@ fn the_fallback_counts_without_latency_and_says_so() -> Result<()> {
 
 #[test]
 fn promtool_accepts_the_exposition() -> Result<()> {
-    if !root() {
-        return Ok(());
-    }
+    require_root();
     let promtool = repo_root().join(".cache/prometheus/usr/bin/promtool");
     anyhow::ensure!(promtool.exists(), "expected {} (scripts/fetch-promtool.sh)", promtool.display());
     let _lock = HostLock::acquire()?;
@@ -255,12 +239,10 @@ fn promtool_accepts_the_exposition() -> Result<()> {
 /// at the limit the plugin set.
 #[test]
 fn a_pod_on_containerd_is_attributed_and_shown_at_its_limit() -> Result<()> {
-    if !root() {
-        return Ok(());
-    }
+    require_root();
     let lock = HostLock::acquire()?;
     let policy = "[defaults]\nread-iops = 200\nwrite-iops = 200\n";
-    let mut stack = Stack::start(&lock, StackOptions::external(Version::V2_1, CgroupVersion::V1, policy))?;
+    let mut stack = Stack::start(&lock, StackOptions::external(Version::V2_1, policy))?;
     let sidecar = Sidecar::start(INTERVAL, &["--source", "ebpf"])?;
     let spec = stack.pod_spec("shop", "web-0", &[]);
     let data = stack.data_dir("web-0")?;

@@ -16,12 +16,9 @@ use iogate_testbed::fio::{within, Job, Rw};
 use iogate_testbed::host_io::{diskstats, run_fio, BlkioCgroup, FioTotals, Scheduler, BLKIO};
 use iogate_testbed::host_lock::HostLock;
 use iogate_testbed::loop_disk::LoopDisk;
+use iogate_testbed::require_root;
 
 const SECONDS: u32 = 5;
-
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
 
 fn of(snap: &Snapshot, cgroup: CgroupId, device: Device, direction: Direction) -> IoCounters {
     snap.counters.iter().filter(|(k, _)| k.cgroup == cgroup && k.device == device && k.direction == direction).fold(
@@ -166,10 +163,7 @@ fn setup() -> Result<Setup> {
 
 #[test]
 fn reads_agree_with_fio_diskstats_and_cgroup_stats() -> Result<()> {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return Ok(());
-    }
+    require_root();
     let mut s = setup()?;
     let dir = s.disk.subdir("reads")?;
     for iodepth in [1, 32] {
@@ -185,10 +179,7 @@ fn reads_agree_with_fio_diskstats_and_cgroup_stats() -> Result<()> {
 
 #[test]
 fn writes_agree_with_fio_diskstats_and_cgroup_stats() -> Result<()> {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return Ok(());
-    }
+    require_root();
     let mut s = setup()?;
     let dir = s.disk.subdir("writes")?;
     let cg = BlkioCgroup::create("write")?;
@@ -206,10 +197,7 @@ fn writes_agree_with_fio_diskstats_and_cgroup_stats() -> Result<()> {
 /// and issue.
 #[test]
 fn throttle_wait_is_not_queue_time() -> Result<()> {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return Ok(());
-    }
+    require_root();
     let mut s = setup()?;
     // With a scheduler every request is inserted before issue, so queue
     // time is measured for all of them.
@@ -256,10 +244,7 @@ fn throttle_wait_is_not_queue_time() -> Result<()> {
 
 #[test]
 fn detached_probes_count_nothing_and_run_stats_count_runs() -> Result<()> {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return Ok(());
-    }
+    require_root();
     let mut s = setup()?;
     s.ebpf.enable_run_stats()?;
     let dir = s.disk.subdir("detach")?;

@@ -16,10 +16,7 @@ use serde_json::json;
 
 #[test]
 fn runc_bundle_is_throttled_from_its_first_io() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED: needs root (runc, loop devices, cgroups)");
-        return;
-    }
+    iogate_testbed::require_root();
     let _lock = HostLock::acquire().unwrap();
     let image = oci_image::build_test_image(&oci_image::default_image_dir()).unwrap();
     let disk = LoopDisk::new(512).unwrap();
@@ -93,10 +90,7 @@ fn runc_bundle_is_throttled_from_its_first_io() {
 /// binary path and environment filled in): same guarantee, no NRI anywhere.
 #[test]
 fn podman_with_the_shipped_hooks_d_file() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED: needs root (podman, loop devices, cgroups)");
-        return;
-    }
+    iogate_testbed::require_root();
     if !std::path::Path::new("/usr/bin/podman").exists() {
         panic!("expected podman at /usr/bin/podman (scripts/install-deps.sh installs it)");
     }

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Version {
     V1_7,
     V2_1,
@@ -44,30 +44,66 @@ impl fmt::Display for Version {
     }
 }
 
+/// Who creates the containers' cgroups: runc itself under the pod's
+/// cgroupfs path, or systemd (as a scope per container, in a slice per pod)
+/// at runc's request over D-Bus, which is what kubeadm sets up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum CgroupDriver {
+    Cgroupfs,
+    Systemd,
+}
+
+impl CgroupDriver {
+    pub const ALL: [CgroupDriver; 2] = [CgroupDriver::Systemd, CgroupDriver::Cgroupfs];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CgroupDriver::Cgroupfs => "cgroupfs",
+            CgroupDriver::Systemd => "systemd",
+        }
+    }
+}
+
+impl fmt::Display for CgroupDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} driver", self.name())
+    }
+}
+
 /// How to start it.
 pub struct Options {
     pub version: Version,
+    pub cgroup_driver: CgroupDriver,
     /// The sandbox ("pause") image; must be imported before pods run.
     pub sandbox_image: String,
     /// Pre-registered NRI plugins to put in the plugin dir: (file name like
     /// `10-iogate`, binary to link) and their config file text.
     pub nri_plugins: Vec<(String, PathBuf, Option<String>)>,
-    /// Runs containerd through this prefix (e.g. a private cgroup-v2 mount
-    /// namespace); empty for none.
-    pub wrapper: Vec<String>,
     /// Environment for containerd.
     pub env: Vec<(String, String)>,
     /// containerd without NRI: a CRI base runtime spec for runc (which is
     /// how the OCI hook is wired in before NRI), with `iogate.io/*` pod
     /// annotations passed into container specs.
     pub base_runtime_spec: Option<PathBuf>,
+    /// A root (content store, snapshots, metadata) that outlives this
+    /// containerd, for the next one of the same version to find the test
+    /// image already imported and unpacked; see [`shared_root`].
+    pub root: Option<PathBuf>,
+}
+
+/// Where `IOGATE_TEST_CONTAINERD_ROOTS` says containerd roots are kept
+/// between stacks, one per version (`<dir>/1.7`, `<dir>/2.1`); `None` (the
+/// default) gives every containerd a fresh root that goes with it. Only the
+/// node VM sets it: importing and unpacking the test image takes most of a
+/// minute under emulation, and the VM is thrown away afterwards.
+pub fn shared_root(version: Version) -> Option<PathBuf> {
+    std::env::var_os("IOGATE_TEST_CONTAINERD_ROOTS").map(|d| PathBuf::from(d).join(version.dir_name()))
 }
 
 pub struct Containerd {
     version: Version,
     dir: tempfile::TempDir,
     child: Option<Child>,
-    opts_wrapper: Vec<String>,
     env: Vec<(String, String)>,
 }
 
@@ -97,13 +133,16 @@ impl Containerd {
         for sub in ["root", "state", "nri-plugins", "nri-conf", "cni-conf", "cni-bin", "pod-logs"] {
             std::fs::create_dir_all(d.join(sub))?;
         }
+        let root = opts.root.clone().unwrap_or_else(|| d.join("root"));
+        std::fs::create_dir_all(&root).with_context(|| format!("creating containerd root {}", root.display()))?;
         for (name, binary, conf) in &opts.nri_plugins {
             std::os::unix::fs::symlink(binary, d.join("nri-plugins").join(name)).context("linking NRI plugin")?;
             if let Some(text) = conf {
                 std::fs::write(d.join("nri-conf").join(format!("{name}.conf")), text)?;
             }
         }
-        let mut config = render_config(opts.version, d, &opts.sandbox_image, &runc_path()?);
+        let mut config =
+            render_config(opts.version, opts.cgroup_driver, d, &root, &opts.sandbox_image, &runc_path()?);
         if let Some(spec) = &opts.base_runtime_spec {
             // Keys of the runc runtime table, the same in both config versions.
             let runtime_table = "runtime_type = \"io.containerd.runc.v2\"\n";
@@ -116,7 +155,7 @@ impl Containerd {
                 config.replace("  disable = false\n  disable_connections", "  disable = true\n  disable_connections");
         }
         std::fs::write(d.join("config.toml"), config)?;
-        let mut c = Containerd { version: opts.version, dir, child: None, opts_wrapper: opts.wrapper, env: opts.env };
+        let mut c = Containerd { version: opts.version, dir, child: None, env: opts.env };
         c.spawn()?;
         Ok(c)
     }
@@ -125,13 +164,9 @@ impl Containerd {
         let d = self.dir.path();
         let bin = self.version.bin_dir();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("containerd.log"))?;
-        let containerd = bin.join("containerd");
-        let mut argv: Vec<String> = self.opts_wrapper.clone();
-        argv.push(containerd.display().to_string());
-        argv.push("--config".into());
-        argv.push(d.join("config.toml").display().to_string());
-        let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..])
+        let mut cmd = Command::new(bin.join("containerd"));
+        cmd.arg("--config")
+            .arg(d.join("config.toml"))
             .env("PATH", format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display()))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -194,7 +229,11 @@ impl Containerd {
         Ok(String::from_utf8_lossy(&out.stdout).to_string())
     }
 
-    pub fn import_image(&self, tarball: &Path) -> Result<()> {
+    /// Imports the image unless this containerd's root already has it.
+    pub fn import_image(&self, tarball: &Path, reference: &str) -> Result<()> {
+        if self.ctr(&["images", "ls", "-q"])?.lines().any(|l| l.trim() == reference) {
+            return Ok(());
+        }
         let t = tarball.to_str().context("image path is not UTF-8")?;
         self.ctr(&["images", "import", "--no-unpack", t]).or_else(|_| self.ctr(&["images", "import", t]))?;
         Ok(())
@@ -325,7 +364,14 @@ impl Drop for Containerd {
     }
 }
 
-fn render_config(version: Version, d: &Path, sandbox_image: &str, runc: &Path) -> String {
+fn render_config(
+    version: Version,
+    driver: CgroupDriver,
+    d: &Path,
+    root: &Path,
+    sandbox_image: &str,
+    runc: &Path,
+) -> String {
     let p = |s: &str| d.join(s).display().to_string();
     let nri = format!(
         r#"
@@ -350,10 +396,11 @@ fn render_config(version: Version, d: &Path, sandbox_image: &str, runc: &Path) -
       runtime_type = "io.containerd.runc.v2"
       [plugins."{plugin}".containerd.runtimes.runc.options]
         BinaryName = "{runc}"
-        SystemdCgroup = false
+        SystemdCgroup = {systemd}
         # runc's state under ours, not in the host's /run/containerd/runc.
         Root = "{runc_root}"
 "#,
+            systemd = driver == CgroupDriver::Systemd,
             runc = runc.display(),
             runc_root = p("state/runc"),
         )
@@ -369,7 +416,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 [debug]
   level = "info"
 "#,
-        root = p("root"),
+        root = root.display(),
         state = p("state"),
         sock = p("containerd.sock")
     );

@@ -3,7 +3,6 @@
 //! locally. Everything a fixture creates is undone by its `Drop`, so a failing
 //! test leaves no mount, loop device, cgroup or process behind.
 
-pub mod cgroup_v2_host;
 pub mod containerd_daemon;
 pub mod cri_client;
 pub mod fio;
@@ -14,12 +13,29 @@ pub mod oci_image;
 pub mod process;
 pub mod runc_bundle;
 pub mod sidecar;
+pub mod scenarios;
 pub mod stack;
+pub mod vm;
 
 use std::path::PathBuf;
 
-/// The workspace root (this crate sits one level below it).
+/// The end-to-end tests drive containerd, runc, loop devices, cgroups and
+/// eBPF. Without root they cannot run at all, and a test that cannot run is
+/// a failure with its reason, never a pass.
+pub fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this end-to-end test needs root (containerd, loop devices, cgroups, eBPF); run it as root (make test does)"
+    );
+}
+
+/// The workspace root (this crate sits one level below it), or
+/// `IOGATE_REPO_ROOT`: the node VM's agent finds the repository's layout
+/// under `/opt/iogate` in the guest.
 pub fn repo_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("IOGATE_REPO_ROOT") {
+        return PathBuf::from(root);
+    }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("testbed has a parent").to_path_buf()
 }
 

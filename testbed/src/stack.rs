@@ -1,9 +1,10 @@
-//! The whole node in one fixture: a loop-device data disk, the test image, a
-//! private containerd (1.7 or 2.1, cgroup v1 or v2) and the iogate NRI plugin
-//! (external or pre-registered), plus a CRI client to run pods.
+//! The whole node in one fixture: loop-device data disks, the test image, a
+//! private containerd (1.7 or 2.1, either cgroup driver) and the iogate NRI
+//! plugin (external or pre-registered), plus a CRI client to run pods. The
+//! cgroup hierarchy is the machine's own: v1 on the host, v2 in the node VM.
 //!
 //! `Drop` takes it down in the order that leaves nothing behind: pods, then
-//! the plugin, containerd and its shims, the test's cgroups, the disk.
+//! the plugin, containerd and its shims, the test's cgroups, the disks.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,8 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use iogate_core::{CgroupFs, CgroupVersion, Device, Limits};
 
-use crate::cgroup_v2_host::CgroupV2Io;
-use crate::containerd_daemon::{self, Containerd, Version};
+use crate::containerd_daemon::{self, CgroupDriver, Containerd, Version};
 use crate::cri_client::{ContainerSpec, Cri, Pod, PodSpec};
 use crate::host_lock::HostLock;
 use crate::loop_disk::LoopDisk;
@@ -34,17 +34,38 @@ pub enum PluginMode {
 
 pub struct StackOptions {
     pub version: Version,
-    pub cgroup: CgroupVersion,
+    pub driver: CgroupDriver,
     pub plugin: PluginMode,
-    /// The plugin's policy file (TOML); the data mount is added by the stack.
+    /// The plugin's policy file (TOML); the data mounts are added by the
+    /// stack.
     pub policy: String,
     pub plugin_env: Vec<(String, String)>,
+    /// How many data disks (each its own loop device, all throttled).
+    pub disks: usize,
 }
 
 impl StackOptions {
-    /// The common case: the plugin as an external daemon with `policy`.
-    pub fn external(version: Version, cgroup: CgroupVersion, policy: &str) -> StackOptions {
-        StackOptions { version, cgroup, plugin: PluginMode::External, policy: policy.into(), plugin_env: Vec::new() }
+    /// The common case: the plugin as an external daemon with `policy`, the
+    /// cgroupfs driver, one data disk.
+    pub fn external(version: Version, policy: &str) -> StackOptions {
+        StackOptions {
+            version,
+            driver: CgroupDriver::Cgroupfs,
+            plugin: PluginMode::External,
+            policy: policy.into(),
+            plugin_env: Vec::new(),
+            disks: 1,
+        }
+    }
+
+    pub fn with_driver(mut self, driver: CgroupDriver) -> StackOptions {
+        self.driver = driver;
+        self
+    }
+
+    pub fn with_disks(mut self, disks: usize) -> StackOptions {
+        self.disks = disks;
+        self
     }
 }
 
@@ -61,11 +82,16 @@ pub struct Stack {
     pub cri: Option<Cri>,
     pub plugin: Option<Background>,
     pub containerd: Option<Containerd>,
-    v2: bool,
-    pub disk: Option<LoopDisk>,
+    /// The data disks; the first one is where pods' `/data` lives.
+    pub disks: Vec<LoopDisk>,
     pub image: TestImage,
+    /// The first data disk's device.
     pub device: Device,
-    /// The cgroupfs parent of every test pod, removed at the end.
+    /// Every data disk's device, in the order of `disks`.
+    pub devices: Vec<Device>,
+    pub driver: CgroupDriver,
+    /// The cgroupfs parent of every test pod, removed at the end (the
+    /// systemd driver's slices are named after the pods instead).
     pub cgroup_parent: String,
     cgroups: CgroupFs,
     /// The plugin's whole policy file (the test's TOML plus the data mount).
@@ -73,34 +99,71 @@ pub struct Stack {
     work: tempfile::TempDir,
     /// How many times an external plugin was started (names its log).
     plugin_starts: u32,
+    /// How long each step of [`Stack::start`] took.
+    pub startup: Startup,
+}
+
+/// The steps of a stack's start and their durations, for the figures a
+/// slow machine (the TCG node VM) makes worth knowing.
+#[derive(Debug, Default, Clone)]
+pub struct Startup {
+    pub steps: Vec<(&'static str, Duration)>,
+    last: Option<std::time::Instant>,
+}
+
+impl Startup {
+    fn begin() -> Startup {
+        Startup { steps: Vec::new(), last: Some(std::time::Instant::now()) }
+    }
+
+    fn lap(&mut self, step: &'static str) {
+        let now = std::time::Instant::now();
+        let since = self.last.unwrap_or(now);
+        self.steps.push((step, now - since));
+        self.last = Some(now);
+    }
+
+    pub fn total(&self) -> Duration {
+        self.steps.iter().map(|(_, d)| *d).sum()
+    }
+}
+
+impl std::fmt::Display for Startup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self.steps.iter().map(|(s, d)| format!("{s} {:.1} s", d.as_secs_f64())).collect();
+        write!(f, "{}", parts.join(", "))
+    }
 }
 
 impl Stack {
     /// Starts the stack. The caller holds the host lock for as long as the
-    /// stack lives and, for `CgroupVersion::V2`, the [`CgroupV2Io`] switch
-    /// (one switch can serve several stacks: moving the controller is slow).
+    /// stack lives.
     pub fn start(_lock: &HostLock, opts: StackOptions) -> Result<Stack> {
+        anyhow::ensure!(opts.disks >= 1, "a stack needs at least one data disk, asked for {}", opts.disks);
+        let mut startup = Startup::begin();
         let image = oci_image::build_test_image(&oci_image::default_image_dir())?;
-        let v2 = opts.cgroup == CgroupVersion::V2;
-        if v2 && !CgroupV2Io::active() {
-            anyhow::bail!("a cgroup v2 stack needs the io controller on cgroup2: hold a CgroupV2Io first");
+        startup.lap("test image");
+        let cgroups = CgroupFs::detect(iogate_core::cgroup::CgroupMode::Auto)
+            .context("finding this machine's block-I/O cgroup hierarchy")?;
+        let mut disks = Vec::with_capacity(opts.disks);
+        let mut devices = Vec::with_capacity(opts.disks);
+        for _ in 0..opts.disks {
+            let disk = LoopDisk::new(512)?;
+            let (maj, min) = disk.major_minor()?;
+            devices.push(Device::new(maj, min));
+            disks.push(disk);
         }
-        let disk = LoopDisk::new(512)?;
-        let (maj, min) = disk.major_minor()?;
+        startup.lap("data disks");
         let work = tempfile::Builder::new().prefix("iogate-e2e-").tempdir()?;
         let plugin_bin = crate::workspace_binary("iogate-nri-plugin")?;
         let hook_bin = crate::workspace_binary("iogate-oci-hook")?;
+        let mounts = disks.iter().map(|d| format!("\"{}\"", d.mount_point().display())).collect::<Vec<_>>();
         let policy = format!(
-            "hook-path = \"{}\"\n{}\n[devices]\nmounts = [\"{}\"]\n",
+            "hook-path = \"{}\"\n{}\n[devices]\nmounts = [{}]\n",
             hook_bin.display(),
             opts.policy,
-            disk.mount_point().display()
+            mounts.join(", ")
         );
-        let cgroups = match opts.cgroup {
-            CgroupVersion::V1 => CgroupFs::new(CgroupVersion::V1, "/sys/fs/cgroup/blkio"),
-            CgroupVersion::V2 => CgroupFs::new(CgroupVersion::V2, CgroupV2Io::unified_mount()),
-        };
-        let wrapper = if v2 { CgroupV2Io::wrapper() } else { Vec::new() };
         let plugin_log = work.path().join("plugin-pre-registered.log");
         let nri_plugins = match opts.plugin {
             PluginMode::PreRegistered => {
@@ -130,32 +193,39 @@ impl Stack {
             cri: None,
             plugin: None,
             containerd: None,
-            v2,
-            disk: Some(disk),
+            disks,
             image,
-            device: Device::new(maj, min),
+            device: devices[0],
+            devices,
+            driver: opts.driver,
             cgroup_parent: format!("/iogate-e2e-{}", std::process::id()),
             cgroups,
             policy_text: policy,
             work,
             plugin_starts: 0,
+            startup: Startup::default(),
         };
         let containerd = Containerd::start(containerd_daemon::Options {
             version: opts.version,
+            cgroup_driver: opts.driver,
             sandbox_image: stack.image.reference.clone(),
             nri_plugins,
-            wrapper,
             env: Vec::new(),
             base_runtime_spec,
+            root: containerd_daemon::shared_root(opts.version),
         })?;
-        containerd.import_image(&stack.image.tarball)?;
+        startup.lap("containerd up");
+        containerd.import_image(&stack.image.tarball, &stack.image.reference)?;
         let mut cri = Cri::connect(&containerd.address(), &containerd.pod_log_dir())?;
-        cri.wait_for_image(&stack.image.reference, Duration::from_secs(20))?;
+        cri.wait_for_image(&stack.image.reference, Duration::from_secs(60))?;
+        startup.lap("image imported");
         stack.cri = Some(cri);
         stack.containerd = Some(containerd);
         if opts.plugin == PluginMode::External {
             stack.start_external_plugin(&opts.plugin_env)?;
+            startup.lap("plugin connected");
         }
+        stack.startup = startup;
         Ok(stack)
     }
 
@@ -184,8 +254,7 @@ impl Stack {
         let policy_path = self.work.path().join("iogate.toml");
         std::fs::write(&policy_path, &self.policy_text)?;
         let containerd = self.containerd.as_ref().context("containerd not running")?;
-        let mut argv = if self.v2 { CgroupV2Io::wrapper() } else { Vec::new() };
-        argv.push(crate::workspace_binary("iogate-nri-plugin")?.display().to_string());
+        let mut argv = vec![crate::workspace_binary("iogate-nri-plugin")?.display().to_string()];
         argv.extend(["--config".into(), policy_path.display().to_string()]);
         argv.extend(["--socket".into(), containerd.nri_socket().display().to_string()]);
         let mut cmd = Command::new(&argv[0]);
@@ -210,17 +279,23 @@ impl Stack {
         }
     }
 
-    /// The data directory for one pod, on the loop disk.
+    /// The data directory for one pod, on the first data disk.
     pub fn data_dir(&self, name: &str) -> Result<PathBuf> {
-        self.disk.as_ref().context("disk gone")?.subdir(name)
+        self.disks.first().context("disk gone")?.subdir(name)
     }
 
     pub fn pod_spec(&self, namespace: &str, name: &str, annotations: &[(&str, &str)]) -> PodSpec {
         let uid = pod_uid(namespace, name);
+        let cgroup_parent = match self.driver {
+            CgroupDriver::Cgroupfs => format!("{}/pod{uid}", self.cgroup_parent),
+            // As the kubelet names a pod's slice for the systemd driver;
+            // systemd reads each dash as one level down.
+            CgroupDriver::Systemd => format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_")),
+        };
         PodSpec {
             name: name.into(),
             namespace: namespace.into(),
-            cgroup_parent: format!("{}/pod{uid}", self.cgroup_parent),
+            cgroup_parent,
             uid,
             annotations: annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
         }
@@ -252,10 +327,20 @@ impl Stack {
         Ok(Running { pod: p, container_id: id, pid })
     }
 
-    /// The limits on the data disk in a running container's cgroup.
+    /// The limits on the first data disk in a running container's cgroup.
     pub fn limits_of(&self, pid: u32) -> Result<Limits> {
+        self.limits_on(pid, self.device)
+    }
+
+    /// The limits on `device` in a running container's cgroup.
+    pub fn limits_on(&self, pid: u32, device: Device) -> Result<Limits> {
         let cg = self.cgroups.cgroup_of_pid(pid)?;
-        Ok(self.cgroups.read_limits(&cg, self.device)?)
+        Ok(self.cgroups.read_limits(&cg, device)?)
+    }
+
+    /// The running container's block-I/O cgroup directory.
+    pub fn cgroup_of(&self, pid: u32) -> Result<iogate_core::CgroupPath> {
+        Ok(self.cgroups.cgroup_of_pid(pid)?)
     }
 
     pub fn cgroup_version(&self) -> CgroupVersion {
@@ -273,7 +358,11 @@ impl Drop for Stack {
         drop(self.plugin.take());
         drop(self.containerd.take());
         containerd_daemon::remove_cgroup_tree(&self.cgroup_parent);
-        drop(self.disk.take());
+        if self.driver == CgroupDriver::Systemd {
+            // Stopping the slice ends whatever scope a failed test left.
+            let _ = Command::new("systemctl").args(["stop", "kubepods-besteffort.slice"]).status();
+        }
+        self.disks.clear();
     }
 }
 

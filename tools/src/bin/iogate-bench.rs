@@ -116,7 +116,7 @@ fn bench_hook() -> Result<()> {
 
 fn bench_start() -> Result<()> {
     let lock = HostLock::acquire()?;
-    let mut stack = Stack::start(&lock, StackOptions::external(Version::V2_1, CgroupVersion::V1, ""))?;
+    let mut stack = Stack::start(&lock, StackOptions::external(Version::V2_1, ""))?;
     let (mut with, mut without) = (Vec::new(), Vec::new());
     let mut n = 0;
     for block in 0..6 {

@@ -12,7 +12,6 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use iogate_core::CgroupVersion;
 use iogate_testbed::containerd_daemon::Version;
 use iogate_testbed::fio::{Job, Measured, Rw};
 use iogate_testbed::host_lock::HostLock;
@@ -31,8 +30,8 @@ fn main() -> Result<()> {
     println!(
         "starting containerd 2.1 with the iogate NRI plugin (cgroup v1 host: limits via the createRuntime hook)..."
     );
-    let mut stack = Stack::start(&lock, StackOptions::external(Version::V2_1, CgroupVersion::V1, DEMO_POLICY))?;
-    println!("data disk: {} ({})", stack.device, stack.disk.as_ref().context("disk")?.device().display());
+    let mut stack = Stack::start(&lock, StackOptions::external(Version::V2_1, DEMO_POLICY))?;
+    println!("data disk: {} ({})", stack.device, stack.disks.first().context("disk")?.device().display());
     println!("starting the metrics sidecar (eBPF on the block tracepoints)...\n");
     let sidecar = Sidecar::start(Duration::from_secs(1), &[])?;
     let pods: [DemoPod; 3] = [

@@ -1,0 +1,172 @@
+//! cgroup v2 for real: the checks of the host's end-to-end tests, run inside
+//! a Debian 12 node VM with systemd as PID 1 (pure cgroup v2), on
+//! containerd 1.7 and 2.1, with the systemd and the cgroupfs cgroup driver,
+//! and the metrics sidecar's eBPF program on each of Debian's kernels
+//! (bookworm 6.1, trixie 6.12, sid's newest). See `testbed/src/vm`.
+//!
+//! Each check is a test of its own, named for where it ran:
+//! `vm_v2_<driver>_containerd_<version>_<check>` on the Debian 12 node
+//! kernel, `vm_v2_kernel_<version>_<check>` for the per-kernel checks. One
+//! VM per kernel serves all of that kernel's tests, one test at a time.
+
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use iogate_testbed::containerd_daemon::{CgroupDriver, Version};
+use iogate_testbed::host_lock::HostLock;
+use iogate_testbed::scenarios::policy::Scope;
+use iogate_testbed::scenarios::{Check, Scenario};
+use iogate_testbed::vm::{Kernel, NodeVm, Payload};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// Longest a single check may take under TCG.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(600);
+
+struct Booted {
+    vm: Option<NodeVm>,
+    /// Why a kernel did not boot: its other tests fail at once with it.
+    failed: Vec<(String, String)>,
+    /// This build's binaries, packed once for every boot.
+    payload: Option<Result<Payload, String>>,
+}
+
+static BOOTED: Mutex<Booted> = Mutex::new(Booted { vm: None, failed: Vec::new(), payload: None });
+
+fn version_name(v: Version) -> &'static str {
+    match v {
+        Version::V1_7 => "1_7",
+        Version::V2_1 => "2_1",
+    }
+}
+
+/// Runs `scenario` on `kernel`, booting it first if the running VM is
+/// another kernel's (or none).
+fn run_in_vm(kernel: &Kernel, scenario: Scenario) -> Result<(), Failed> {
+    let mut guard = BOOTED.lock().unwrap_or_else(|p| p.into_inner());
+    let booted = &mut *guard;
+    if let Some((_, why)) = booted.failed.iter().find(|(suite, _)| *suite == kernel.suite) {
+        return Err(format!("kernel {} did not boot: {why}", kernel.release).into());
+    }
+    let payload = match booted.payload.get_or_insert_with(|| Payload::build().map_err(|e| format!("{e:#}"))) {
+        Ok(p) => p,
+        Err(e) => return Err(format!("packing this build for the VM: {e}").into()),
+    };
+    if booted.vm.as_ref().is_none_or(|vm| vm.kernel.suite != kernel.suite) {
+        booted.vm = None;
+        match NodeVm::boot(kernel, payload) {
+            Ok(vm) => {
+                println!(
+                    "  booted {} ({}) in {:.1} s (guest uptime {:.1} s at the agent's hello); cgroup2 controllers: {}; {}",
+                    kernel.release,
+                    kernel.suite,
+                    vm.boot_time.as_secs_f64(),
+                    vm.hello.uptime_seconds,
+                    vm.hello.controllers,
+                    vm.hello.systemd
+                );
+                booted.vm = Some(vm);
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                booted.failed.push((kernel.suite.clone(), why.clone()));
+                return Err(format!("booting {}: {why}", kernel.release).into());
+            }
+        }
+    }
+    let vm = booted.vm.as_mut().expect("booted above");
+    match vm.run(scenario, CHECK_TIMEOUT) {
+        Ok(outcome) => {
+            for note in &outcome.notes {
+                println!("  {note}");
+            }
+            println!("  ({scenario} took {:.1} s in the VM)", outcome.seconds);
+            match outcome.failure {
+                None => Ok(()),
+                Some(failure) => Err(format!("{failure}\n{}", vm.console_tail()).into()),
+            }
+        }
+        Err(e) => {
+            // The agent is gone or stuck: the next test boots afresh.
+            booted.vm = None;
+            Err(format!("{e:#}").into())
+        }
+    }
+}
+
+fn trial(name: String, kernel: &Kernel, scenario: Scenario) -> Trial {
+    let kernel = kernel.clone();
+    Trial::test(name, move || run_in_vm(&kernel, scenario))
+}
+
+/// The checks, kernel by kernel, in the order they run: checks on the same
+/// containerd and driver follow each other, so they share one stack in the
+/// guest.
+fn trials() -> Result<Vec<Trial>, String> {
+    let kernels = Kernel::all().map_err(|e| format!("{e:#}"))?;
+    let mut out = Vec::new();
+    let on = |check, containerd, driver| Scenario { check, containerd, driver };
+    for (i, kernel) in kernels.iter().enumerate() {
+        let k = kernel.short_name();
+        let per_kernel = |check: Check| {
+            let name = format!("vm_v2_kernel_{k}_{}", check.test_name());
+            trial(name, kernel, on(check, Version::V2_1, CgroupDriver::Systemd))
+        };
+        out.push(per_kernel(Check::ContainerdReady));
+        out.push(per_kernel(Check::SidecarAttribution));
+        // The Debian 12 node's own kernel carries the whole matrix: each
+        // containerd with each driver; the whole policy suite and several
+        // disks on two of the four (the rest is the same code on the same
+        // cgroup paths).
+        if i > 0 {
+            continue;
+        }
+        for (driver, version) in [
+            (CgroupDriver::Systemd, Version::V2_1),
+            (CgroupDriver::Systemd, Version::V1_7),
+            (CgroupDriver::Cgroupfs, Version::V2_1),
+            (CgroupDriver::Cgroupfs, Version::V1_7),
+        ] {
+            let everything = matches!(
+                (driver, version),
+                (CgroupDriver::Systemd, Version::V2_1) | (CgroupDriver::Cgroupfs, Version::V1_7)
+            );
+            let scope = if everything { Scope::Everything } else { Scope::Cgroups };
+            let mut checks = vec![Check::Policy(scope), Check::BufferedWrites, Check::LimitsHold];
+            if everything {
+                checks.push(Check::SeveralDevices);
+            }
+            for check in checks {
+                let name =
+                    format!("vm_v2_{}_containerd_{}_{}", driver.name(), version_name(version), check.test_name());
+                out.push(trial(name, kernel, on(check, version, driver)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn main() -> ExitCode {
+    let mut args = Arguments::from_args();
+    // One VM at a time, on the main thread (qemu dies with the thread that
+    // started it, by its parent-death signal).
+    args.test_threads = Some(1);
+    let trials = trials().unwrap_or_else(|why| {
+        vec![Trial::test("vm_v2_node_vm_is_prepared", move || Err(Failed::from(why.clone())))]
+    });
+    // The VM takes both cores: no other end-to-end test may measure
+    // anything meanwhile.
+    let _lock = match HostLock::acquire() {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("vm_v2: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let conclusion = libtest_mimic::run(&args, trials);
+    // Statics are never dropped: power off and remove by hand.
+    let mut booted = BOOTED.lock().unwrap_or_else(|p| p.into_inner());
+    booted.vm = None;
+    booted.payload = None;
+    conclusion.exit_code()
+}

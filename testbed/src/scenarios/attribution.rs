@@ -1,0 +1,53 @@
+//! The metrics sidecar on this kernel: its eBPF program loads (or the
+//! fallback says why not), and a pod's I/O is charged to the pod, counted
+//! within 5% of what fio did.
+
+use std::time::Duration;
+
+use super::policy::limits;
+use super::Notes;
+use crate::fio::{read_json, Job, Rw};
+use crate::sidecar::{sum, Sidecar};
+use crate::stack::{Stack, DATA_IN_CONTAINER};
+
+pub fn pod_attributed(stack: &mut Stack, notes: &mut Notes) {
+    // The default source: eBPF where it loads, the cgroup statistics where
+    // it does not (said in /readyz).
+    let sidecar = Sidecar::start(Duration::from_secs(1), &[]).unwrap();
+    let (_, ready) = sidecar.json("/readyz").unwrap();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let kernel = kernel.trim();
+    match ready["source"].as_str() {
+        Some("ebpf") => notes.note(format!("kernel {kernel}: the eBPF program loaded")),
+        other => notes.note(format!(
+            "kernel {kernel}: eBPF did NOT load, the sidecar uses {other:?}: {}",
+            ready["degraded"]
+        )),
+    }
+
+    let spec = stack.pod_spec("shop", "counted", &[]);
+    let data = stack.data_dir("counted").unwrap();
+    let job = Job::new("fio", Rw::RandRead, 6);
+    job.prepare(&data).unwrap();
+    let device = stack.device.to_string();
+    let counted = |sidecar: &Sidecar| {
+        let m = sidecar.metrics().unwrap();
+        sum(&m, "iogate_io_requests_total", &[("pod", &spec.uid), ("device", &device), ("direction", "read")])
+    };
+    let before = counted(&sidecar);
+    let run = stack.run(&spec, "fio", job.command(DATA_IN_CONTAINER), &data).unwrap();
+    assert_eq!(stack.limits_of(run.pid).unwrap(), limits(100, 100));
+    let code = stack.cri().wait_exit(&run.container_id, Duration::from_secs(120)).unwrap();
+    assert_eq!(code, 0, "fio failed: {}", stack.cri().logs(&run.pod, "fio"));
+    sidecar.wait_windows(2);
+    let seen = counted(&sidecar) - before;
+    let fio = read_json(&data.join("fio.json")).unwrap();
+    let did = fio["jobs"][0]["read"]["total_ios"].as_f64().expect("fio's jobs[0].read.total_ios");
+    notes.note(format!(
+        "kernel {kernel}: fio read {did} times, the sidecar counted {seen} reads for pod {} on {device} ({:+.2}%)",
+        spec.uid,
+        (seen - did) / did * 100.0
+    ));
+    assert!(did > 0.0, "fio did no reads");
+    assert!((seen - did).abs() <= did * 0.05, "the sidecar counted {seen} reads for the pod, fio did {did}");
+}

@@ -1,0 +1,156 @@
+//! The checks that run both on this host (cgroup v1) and inside the node VM
+//! (cgroup v2, systemd), written once so that both prove the same thing.
+//!
+//! A check panics with its message when an assertion fails, like a test;
+//! on the host a `#[test]` calls it, in the VM the agent catches the panic
+//! and sends the message back. What a check measured goes into [`Notes`],
+//! which the host prints either way.
+
+pub mod attribution;
+pub mod devices;
+pub mod holding;
+pub mod policy;
+pub mod writeback;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::containerd_daemon::{CgroupDriver, Version};
+use crate::host_lock::HostLock;
+use crate::stack::{Stack, StackOptions};
+
+/// What a check measured, line by line ("shop/plain: limit 200 IOPS,
+/// measured 199.8").
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Notes {
+    pub lines: Vec<String>,
+    /// Also print each line to stderr as it comes (the host does; the VM
+    /// agent sends them back instead).
+    #[serde(skip)]
+    pub echo: bool,
+}
+
+impl Notes {
+    /// Notes that are printed as they are taken.
+    pub fn printed() -> Notes {
+        Notes { lines: Vec::new(), echo: true }
+    }
+
+    pub fn note(&mut self, line: impl Into<String>) {
+        let line = line.into();
+        if self.echo {
+            eprintln!("{line}");
+        }
+        self.lines.push(line);
+    }
+}
+
+/// One check of the node VM, on one containerd with one cgroup driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Check {
+    /// containerd starts and answers CRI, the plugin connects, the first
+    /// pod is limited: how long that takes on the booted node.
+    ContainerdReady,
+    /// The policy's behaviours that touch cgroups ([`policy::Scope::Cgroups`]),
+    /// or all of them ([`policy::Scope::Everything`], the host's suite).
+    Policy(policy::Scope),
+    /// Buffered writes held to the write limit ([`writeback`]).
+    BufferedWrites,
+    /// Limits still in force after `systemctl daemon-reload` and a
+    /// containerd restart ([`holding`]).
+    LimitsHold,
+    /// Several data disks: the limits reach every one of them through the
+    /// createRuntime hook ([`devices`]).
+    SeveralDevices,
+    /// The metrics sidecar's eBPF program loads on this kernel and charges
+    /// a pod's I/O to the pod ([`attribution`]).
+    SidecarAttribution,
+}
+
+impl Check {
+    /// The part of a test name that says what the check proves.
+    pub fn test_name(self) -> &'static str {
+        match self {
+            Check::ContainerdReady => "boots_to_a_ready_containerd",
+            Check::Policy(policy::Scope::Everything) => "whole_policy_suite",
+            Check::Policy(policy::Scope::Cgroups) => "limits_from_the_first_io_annotations_ceilings_restart_synchronize",
+            Check::BufferedWrites => "buffered_writes_held_to_the_write_limit",
+            Check::LimitsHold => "limits_survive_daemon_reload_and_containerd_restart",
+            Check::SeveralDevices => "several_devices_limited_through_the_hook",
+            Check::SidecarAttribution => "sidecar_attributes_a_pod_within_5_percent",
+        }
+    }
+
+    fn disks(self) -> usize {
+        match self {
+            Check::SeveralDevices => 2,
+            _ => 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scenario {
+    pub check: Check,
+    pub containerd: Version,
+    pub driver: CgroupDriver,
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} on {} with the {}", self.check, self.containerd, self.driver)
+    }
+}
+
+/// The stack the last checks ran on, kept for the next check that wants the
+/// same containerd, driver and disks: starting one is most of a minute
+/// under emulation. Checks leave it as they found it (their pods removed,
+/// the plugin as started).
+#[derive(Default)]
+pub struct Stacks {
+    current: Option<((Version, CgroupDriver, usize), Stack)>,
+}
+
+impl Stacks {
+    fn get(&mut self, lock: &HostLock, scenario: &Scenario, notes: &mut Notes) -> &mut Stack {
+        let key = (scenario.containerd, scenario.driver, scenario.check.disks());
+        if self.current.as_ref().is_none_or(|(k, _)| *k != key) {
+            self.current = None;
+            let opts = StackOptions::external(key.0, policy::POLICY).with_driver(key.1).with_disks(key.2);
+            let stack = Stack::start(lock, opts).unwrap();
+            notes.note(format!(
+                "{} with the {}, {} disk(s): stack ready in {:.1} s ({})",
+                key.0,
+                key.1,
+                key.2,
+                stack.startup.total().as_secs_f64(),
+                stack.startup
+            ));
+            self.current = Some((key, stack));
+        }
+        &mut self.current.as_mut().expect("started above").1
+    }
+
+    /// Forgets the stack (a check failed half-way: it may not be clean).
+    pub fn discard(&mut self) {
+        self.current = None;
+    }
+}
+
+impl Scenario {
+    /// Runs the check on the kept stack (or a new one); panics (like a
+    /// test) when it fails. The caller discards `stacks` after a panic.
+    pub fn run(&self, lock: &HostLock, stacks: &mut Stacks, notes: &mut Notes) {
+        let stack = stacks.get(lock, self, notes);
+        match self.check {
+            Check::ContainerdReady => policy::first_pod_limited(stack, notes),
+            Check::Policy(scope) => policy::suite_on(stack, scope, notes),
+            Check::BufferedWrites => writeback::buffered_writes_held(stack, notes),
+            Check::LimitsHold => holding::limits_survive_reload_and_restart(stack, notes),
+            Check::SeveralDevices => devices::several_devices(stack, notes),
+            Check::SidecarAttribution => attribution::pod_attributed(stack, notes),
+        }
+        stack.cri().remove_all_pods().unwrap();
+    }
+}
