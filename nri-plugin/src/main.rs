@@ -12,9 +12,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use iogate_core::Config;
-use iogate_nri_plugin::iogate_plugin::{build_limiter, IogatePlugin};
-use iogate_nri_plugin::stub::DEFAULT_SOCKET_PATH;
-use iogate_nri_plugin::{Identity, PreRegistered, Stub};
+use iogate_nri_plugin::iogate_plugin::{build_admission, IogatePlugin};
+use nri::{PreRegistered, Registration, Stub, DEFAULT_SOCKET_PATH};
 
 const USAGE: &str = "\
 usage: iogate-nri-plugin [--config FILE] [--socket PATH] [--name NAME] [--index NN]
@@ -65,22 +64,26 @@ fn run() -> Result<()> {
     let config = Config::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
     match PreRegistered::from_env()? {
         Some(launched) => {
-            tracing::info!(name = launched.identity.name(), index = launched.identity.index(), "started by containerd");
+            tracing::info!(
+                name = launched.registration.name(),
+                index = launched.registration.index(),
+                "started by containerd"
+            );
             // containerd may still hand us the policy in Configure.
-            let plugin = match build_limiter(config) {
-                Ok(limiter) => IogatePlugin::new(limiter),
+            let plugin = match build_admission(config) {
+                Ok(admission) => IogatePlugin::new(admission),
                 Err(e) => {
                     tracing::warn!("start-up policy not usable, expecting one from containerd: {e:#}");
                     IogatePlugin::awaiting_config(format!("{e:#}"))
                 }
             };
-            Stub::new(Arc::new(plugin)).run_pre_registered(launched)
+            Ok(Stub::new(Arc::new(plugin)).run_pre_registered(launched)?)
         }
         None => {
-            let stub = Stub::new(Arc::new(IogatePlugin::new(build_limiter(config)?)));
-            let identity = Identity::new(&args.name, &args.index)?;
+            let stub = Stub::new(Arc::new(IogatePlugin::new(build_admission(config)?)));
+            let registration = Registration::new(&args.name, &args.index)?;
             tracing::info!(socket = %args.socket.display(), "connecting to containerd as an external plugin");
-            stub.run_external(&args.socket, &identity)
+            Ok(stub.run_external(&args.socket, &registration)?)
         }
     }
 }

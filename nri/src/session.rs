@@ -8,16 +8,15 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-
 use crate::api;
-use crate::identity::Identity;
+use crate::error::{chain, Error};
 use crate::mux::{ConnId, Mux};
+use crate::registration::Registration;
 use crate::rpc::RpcClient;
 use crate::runtime::{describe_rpc_error, RuntimeHandle, RUNTIME_SERVICE};
 use crate::serve::{Methods, Serving};
 use crate::service::PluginService;
-use crate::stub::StopHandle;
+use crate::stop::StopHandle;
 
 /// NRI's default registration timeout. The runtime's configured value only
 /// arrives with Configure, after registration.
@@ -27,8 +26,8 @@ const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// one connection's requests from the next one's.
 static SESSIONS: AtomicI32 = AtomicI32::new(1);
 
-/// What a session needs from the stub that outlives it.
-pub(crate) struct Shared<'a> {
+/// What a session borrows from the stub, which outlives it.
+pub(crate) struct StubParts<'a> {
     /// The plugin service's method table (`api::create_plugin`).
     pub(crate) methods: &'a Arc<Methods>,
     pub(crate) service: &'a PluginService,
@@ -41,53 +40,51 @@ pub(crate) struct SessionEnd {
     /// starts over when it did.
     pub(crate) registered: bool,
     /// `Ok` when the runtime closed the connection, or we were stopped.
-    pub(crate) outcome: anyhow::Result<()>,
+    pub(crate) outcome: Result<(), Error>,
 }
 
-pub(crate) fn run(trunk: UnixStream, identity: &Identity, shared: &Shared<'_>) -> SessionEnd {
+pub(crate) fn run(trunk: UnixStream, registration: &Registration, stub: &StubParts<'_>) -> SessionEnd {
     let (mux, [plugin_conn, runtime_conn]) = match Mux::start(trunk, [ConnId::PLUGIN_SERVICE, ConnId::RUNTIME_SERVICE])
     {
         Ok(started) => started,
-        Err(err) => {
-            return SessionEnd { registered: false, outcome: Err(err).context("multiplexing the NRI connection") }
-        }
+        Err(err) => return SessionEnd { registered: false, outcome: Err(Error::Multiplex(err)) },
     };
-    if !shared.stop.enter_session(mux.closer()) {
+    if !stub.stop.enter_session(mux.closer()) {
         return SessionEnd { registered: false, outcome: Ok(()) };
     }
-    shared.service.start_session();
+    stub.service.start_session();
 
     let session: RawFd = SESSIONS.fetch_add(1, Ordering::Relaxed);
-    let serving = match Serving::start(plugin_conn, Arc::clone(shared.methods), session) {
+    let serving = match Serving::start(plugin_conn, Arc::clone(stub.methods), session) {
         Ok(serving) => serving,
         Err(err) => {
-            shared.stop.leave_session();
+            stub.stop.leave_session();
             mux.close();
-            return SessionEnd { registered: false, outcome: Err(err).context("serving the plugin service") };
+            return SessionEnd { registered: false, outcome: Err(Error::Serve(err)) };
         }
     };
     let runtime = Arc::new(RpcClient::new(RUNTIME_SERVICE, runtime_conn));
-    let end = match register(&runtime, identity) {
+    let end = match register(&runtime, registration) {
         Ok(()) => {
-            tracing::info!(plugin = %identity, "registered with the runtime");
-            shared.runtime.attach(runtime);
-            let outcome = mux.wait().context("NRI connection failed");
+            tracing::info!(plugin = %registration, "registered with the runtime");
+            stub.runtime.attach(runtime);
+            let outcome = mux.wait().map_err(Error::Connection);
             if outcome.is_ok() {
-                tracing::info!(plugin = %identity, "the runtime closed the NRI connection");
+                tracing::info!(plugin = %registration, "the runtime closed the NRI connection");
             }
             SessionEnd { registered: true, outcome }
         }
         // Stopping closes the mux, which may surface as a failed
         // registration; it is not an error.
-        Err(_) if shared.stop.is_stopped() => SessionEnd { registered: false, outcome: Ok(()) },
+        Err(_) if stub.stop.is_stopped() => SessionEnd { registered: false, outcome: Ok(()) },
         // The runtime configured us, so it took the registration; its reply
         // was lost because it closed the connection right after (a restart
         // under load does that). That is a session that ended, not one that
         // failed.
-        Err(err) if shared.service.configured() => {
+        Err(err) if stub.service.configured() => {
             tracing::info!(
-                plugin = %identity,
-                error = format!("{err:#}"),
+                plugin = %registration,
+                error = %chain(&err),
                 "the runtime closed the NRI connection before its registration reply arrived"
             );
             SessionEnd { registered: true, outcome: Ok(()) }
@@ -95,23 +92,22 @@ pub(crate) fn run(trunk: UnixStream, identity: &Identity, shared: &Shared<'_>) -
         Err(err) => SessionEnd { registered: false, outcome: Err(err) },
     };
 
-    shared.stop.leave_session();
-    shared.runtime.detach();
+    stub.stop.leave_session();
+    stub.runtime.detach();
     mux.close();
     serving.join();
     end
 }
 
-fn register(runtime: &RpcClient, identity: &Identity) -> anyhow::Result<()> {
+fn register(runtime: &RpcClient, registration: &Registration) -> Result<(), Error> {
     let request = api::RegisterPluginRequest {
-        plugin_name: identity.name().to_owned(),
-        plugin_idx: identity.index().to_owned(),
+        plugin_name: registration.name().to_owned(),
+        plugin_idx: registration.index().to_owned(),
         NRI_version: api::NRI_VERSION.to_owned(),
         ..Default::default()
     };
     runtime
         .call::<_, api::Empty>("RegisterPlugin", &request, REGISTRATION_TIMEOUT)
-        .map_err(|err| anyhow::anyhow!(describe_rpc_error(&err)))
-        .with_context(|| format!("registering plugin {identity} with the runtime"))?;
+        .map_err(|err| Error::Register { plugin: registration.to_string(), reason: describe_rpc_error(&err) })?;
     Ok(())
 }

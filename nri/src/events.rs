@@ -1,4 +1,5 @@
-//! The event subscription a plugin returns from Configure.
+//! The event subscription a plugin returns from Configure, and the events
+//! that only notify.
 //!
 //! NRI encodes a subscription as an `int32` in which event `e` (the
 //! `api::Event` enum value) owns bit `e - 1`: RunPodSandbox is `0x1`,
@@ -93,6 +94,69 @@ impl EventMask {
     }
 }
 
+/// The events that cannot change anything: the runtime only tells the
+/// plugin about them (NRI before v0.10 sends all of them as StateChange).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Notification {
+    RunPodSandbox,
+    StopPodSandbox,
+    RemovePodSandbox,
+    UpdatePodSandbox,
+    PostUpdatePodSandbox,
+    PostCreateContainer,
+    StartContainer,
+    PostStartContainer,
+    PostUpdateContainer,
+    RemoveContainer,
+}
+
+impl Notification {
+    pub const ALL: [Notification; 10] = [
+        Notification::RunPodSandbox,
+        Notification::StopPodSandbox,
+        Notification::RemovePodSandbox,
+        Notification::UpdatePodSandbox,
+        Notification::PostUpdatePodSandbox,
+        Notification::PostCreateContainer,
+        Notification::StartContainer,
+        Notification::PostStartContainer,
+        Notification::PostUpdateContainer,
+        Notification::RemoveContainer,
+    ];
+
+    /// The wire event.
+    pub const fn event(self) -> Event {
+        match self {
+            Notification::RunPodSandbox => Event::RUN_POD_SANDBOX,
+            Notification::StopPodSandbox => Event::STOP_POD_SANDBOX,
+            Notification::RemovePodSandbox => Event::REMOVE_POD_SANDBOX,
+            Notification::UpdatePodSandbox => Event::UPDATE_POD_SANDBOX,
+            Notification::PostUpdatePodSandbox => Event::POST_UPDATE_POD_SANDBOX,
+            Notification::PostCreateContainer => Event::POST_CREATE_CONTAINER,
+            Notification::StartContainer => Event::START_CONTAINER,
+            Notification::PostStartContainer => Event::POST_START_CONTAINER,
+            Notification::PostUpdateContainer => Event::POST_UPDATE_CONTAINER,
+            Notification::RemoveContainer => Event::REMOVE_CONTAINER,
+        }
+    }
+
+    /// `None` for events that are requests (CreateContainer, ...) or markers.
+    pub fn of(event: Event) -> Option<Notification> {
+        Notification::ALL.into_iter().find(|n| n.event() == event)
+    }
+}
+
+impl fmt::Display for Notification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(event_name(self.event()))
+    }
+}
+
+/// NRI's name of an event ("CreateContainer"); "unknown" for markers.
+pub fn event_name(event: Event) -> &'static str {
+    NAMED_EVENTS.iter().find(|(e, _)| *e == event).map_or("unknown", |(_, name)| name)
+}
+
 impl From<Event> for EventMask {
     fn from(event: Event) -> Self {
         EventMask::EMPTY.with(event)
@@ -151,5 +215,17 @@ mod tests {
         assert!(!mask.contains(Event::UPDATE_CONTAINER));
         assert_eq!(mask.to_string(), "CreateContainer,StopContainer");
         assert_eq!(EventMask::from_bits(0x8 | 0x4000).to_string(), "CreateContainer,unknown(0x4000)");
+    }
+
+    #[test]
+    fn notifications_are_the_events_that_are_not_requests() {
+        for n in Notification::ALL {
+            assert_eq!(Notification::of(n.event()), Some(n));
+        }
+        for request in [Event::CREATE_CONTAINER, Event::UPDATE_CONTAINER, Event::STOP_CONTAINER] {
+            assert_eq!(Notification::of(request), None);
+        }
+        assert_eq!(Notification::of(Event::VALIDATE_CONTAINER_ADJUSTMENT), None);
+        assert_eq!(Notification::StartContainer.to_string(), "StartContainer");
     }
 }

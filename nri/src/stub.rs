@@ -1,6 +1,6 @@
-//! The plugin-facing surface, modelled on containerd/nri's Go stub: implement
-//! [`Plugin`], hand it to a [`Stub`], and run the stub in the mode the plugin
-//! was started in.
+//! Running a [`Plugin`] against the runtime, modelled on containerd/nri's Go
+//! stub: hand the plugin to a [`Stub`], and run the stub in the mode the
+//! plugin was started in.
 //!
 //! * Pre-registered: containerd found the executable in its `plugin_path` as
 //!   `<index>-<name>`, started it with a connected socket and
@@ -13,17 +13,18 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api;
-use crate::events::EventMask;
-pub use crate::identity::{Identity, IdentityError, PreRegistered};
-use crate::mux::MuxCloser;
-pub use crate::runtime::{RuntimeError, RuntimeHandle};
+use crate::error::{chain, Error};
+use crate::plugin::Plugin;
+use crate::registration::{PreRegistered, Registration};
+use crate::runtime::RuntimeHandle;
 use crate::serve::Methods;
 use crate::service::PluginService;
 use crate::session;
+use crate::stop::StopHandle;
 
 /// Where containerd listens for external plugins unless its `socket_path`
 /// says otherwise.
@@ -35,91 +36,6 @@ pub const DEFAULT_RECONNECT_INITIAL: Duration = Duration::from_millis(100);
 /// Longest pause between connection attempts: how long a restarted
 /// containerd may have to wait for the plugin at worst.
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(5);
-
-/// A plugin's reactions to runtime events, one method per event.
-///
-/// Only subscribed events are delivered. Callbacks run on ttrpc worker
-/// threads and must finish within the runtime's request timeout (2 s by
-/// default): containerd drops a plugin that times out and then creates
-/// containers without it. An error from a callback reaches the runtime with
-/// the error's full text (`{:#}`); for [`create_container`] that fails the
-/// container's creation with that text.
-///
-/// [`create_container`]: Plugin::create_container
-pub trait Plugin: Send + Sync + 'static {
-    /// Events to subscribe to. Runtimes with NRI before v0.10 (containerd
-    /// 1.7 to 2.1) refuse plugins asking for more than
-    /// [`EventMask::PORTABLE`]; an empty mask is refused by the stub.
-    fn events(&self) -> EventMask {
-        EventMask::from(api::Event::CREATE_CONTAINER)
-    }
-
-    /// Called once per connection, right after registration. `req.config`
-    /// holds the plugin's drop-in configuration (pre-registered plugins
-    /// only). An error makes the runtime drop the connection.
-    fn configure(&self, _req: &api::ConfigureRequest) -> anyhow::Result<()> {
-        Ok(())
-    }
-
-    /// The runtime's pods and containers as of connecting (split requests
-    /// already merged). The returned updates apply to running containers.
-    fn synchronize(
-        &self,
-        pods: &[api::PodSandbox],
-        containers: &[api::Container],
-    ) -> anyhow::Result<Vec<api::ContainerUpdate>>;
-
-    /// A container is about to be created: adjust it, and optionally update
-    /// other containers. An error fails the creation.
-    fn create_container(
-        &self,
-        pod: &api::PodSandbox,
-        ctr: &api::Container,
-    ) -> anyhow::Result<(api::ContainerAdjustment, Vec<api::ContainerUpdate>)>;
-
-    /// A container's resources are being updated to `resources`.
-    fn update_container(
-        &self,
-        _pod: &api::PodSandbox,
-        _ctr: &api::Container,
-        _resources: &api::LinuxResources,
-    ) -> anyhow::Result<Vec<api::ContainerUpdate>> {
-        Ok(Vec::new())
-    }
-
-    /// A container is being stopped; other containers may be updated.
-    fn stop_container(
-        &self,
-        _pod: &api::PodSandbox,
-        _ctr: &api::Container,
-    ) -> anyhow::Result<Vec<api::ContainerUpdate>> {
-        Ok(Vec::new())
-    }
-
-    /// Any event that cannot change anything: RunPodSandbox,
-    /// StopPodSandbox, RemovePodSandbox, UpdatePodSandbox,
-    /// PostUpdatePodSandbox (no container), PostCreateContainer,
-    /// StartContainer, PostStartContainer, PostUpdateContainer,
-    /// RemoveContainer.
-    fn state_change(
-        &self,
-        _event: api::Event,
-        _pod: &api::PodSandbox,
-        _ctr: Option<&api::Container>,
-    ) -> anyhow::Result<()> {
-        Ok(())
-    }
-
-    /// NRI v0.10+ validators: an error rejects the combined adjustments of
-    /// all plugins, with the error text as reason.
-    fn validate_container_adjustment(&self, _req: &api::ValidateContainerAdjustmentRequest) -> anyhow::Result<()> {
-        Ok(())
-    }
-
-    /// The runtime announced that it is shutting down. containerd's NRI
-    /// does not send this today; a lost connection is not reported here.
-    fn shutdown(&self) {}
-}
 
 /// Runs a [`Plugin`] against the runtime.
 pub struct Stub {
@@ -174,32 +90,34 @@ impl Stub {
 
     /// Serves the connection containerd launched us with, until containerd
     /// closes it (`Ok`) or it fails.
-    pub fn run_pre_registered(&self, launched: PreRegistered) -> anyhow::Result<()> {
-        tracing::info!(plugin = %launched.identity, "started by the runtime");
-        self.serve_connection(launched.socket, &launched.identity)
+    pub fn run_pre_registered(&self, launched: PreRegistered) -> Result<(), Error> {
+        tracing::info!(plugin = %launched.registration, "started by the runtime");
+        self.serve_connection(launched.socket, &launched.registration)
     }
 
     /// Registers on an already connected NRI socket and serves it until the
     /// runtime closes it (`Ok`), it fails, or the stub is stopped (`Ok`).
-    pub fn serve_connection(&self, conn: UnixStream, identity: &Identity) -> anyhow::Result<()> {
-        session::run(conn, identity, &self.session_shared()).outcome
+    pub fn serve_connection(&self, conn: UnixStream, registration: &Registration) -> Result<(), Error> {
+        session::run(conn, registration, &self.parts()).outcome
     }
 
-    /// Connects to the NRI socket at `socket_path`, registers as `identity`,
-    /// serves, and does it again whenever the connection is lost or cannot
-    /// be made, until stopped. Every attempt is logged.
-    pub fn run_external(&self, socket_path: &Path, identity: &Identity) -> anyhow::Result<()> {
-        let shared = self.session_shared();
+    /// Connects to the NRI socket at `socket_path`, registers as
+    /// `registration`, serves, and does it again whenever the connection is
+    /// lost or cannot be made, until stopped. Every attempt is logged; the
+    /// errors of single attempts are not returned, since the next attempt
+    /// may succeed.
+    pub fn run_external(&self, socket_path: &Path, registration: &Registration) -> Result<(), Error> {
+        let parts = self.parts();
         let mut delay = self.reconnect_initial;
         let mut attempt: u64 = 0;
         while !self.stop.is_stopped() {
             attempt += 1;
-            tracing::info!(socket = %socket_path.display(), attempt, plugin = %identity, "connecting to NRI");
+            tracing::info!(socket = %socket_path.display(), attempt, plugin = %registration, "connecting to NRI");
             let registered = match UnixStream::connect(socket_path) {
                 Ok(conn) => {
-                    let end = session::run(conn, identity, &shared);
+                    let end = session::run(conn, registration, &parts);
                     if let Err(err) = &end.outcome {
-                        tracing::warn!(error = format!("{err:#}"), "NRI connection ended with an error");
+                        tracing::warn!(error = %chain(err), "NRI connection ended with an error");
                     }
                     end.registered
                 }
@@ -223,86 +141,25 @@ impl Stub {
                 delay = (delay * 2).min(self.reconnect_max);
             }
         }
-        tracing::info!(plugin = %identity, "NRI plugin stopped");
+        tracing::info!(plugin = %registration, "NRI plugin stopped");
         Ok(())
     }
 
-    fn session_shared(&self) -> session::Shared<'_> {
-        session::Shared { methods: &self.methods, service: &self.service, runtime: &self.runtime, stop: &self.stop }
-    }
-}
-
-/// Stops a running [`Stub`]: interrupts the reconnect pause and closes the
-/// current connection.
-#[derive(Clone, Default)]
-pub struct StopHandle(Arc<StopState>);
-
-#[derive(Default)]
-struct StopState {
-    inner: Mutex<StopInner>,
-    wake: Condvar,
-}
-
-#[derive(Default)]
-struct StopInner {
-    stopped: bool,
-    session: Option<MuxCloser>,
-}
-
-impl StopHandle {
-    pub fn stop(&self) {
-        let mut inner = self.lock();
-        inner.stopped = true;
-        if let Some(session) = inner.session.take() {
-            session.close();
-        }
-        self.0.wake.notify_all();
-    }
-
-    pub fn is_stopped(&self) -> bool {
-        self.lock().stopped
-    }
-
-    /// Records the live connection so `stop` can close it; `false` (and the
-    /// connection closed) when already stopped.
-    pub(crate) fn enter_session(&self, closer: MuxCloser) -> bool {
-        let mut inner = self.lock();
-        if inner.stopped {
-            closer.close();
-            return false;
-        }
-        inner.session = Some(closer);
-        true
-    }
-
-    pub(crate) fn leave_session(&self) {
-        self.lock().session = None;
-    }
-
-    /// Waits `pause` unless stopped first; returns whether stopped.
-    fn sleep(&self, pause: Duration) -> bool {
-        let inner = self.lock();
-        let (inner, _) = self
-            .0
-            .wake
-            .wait_timeout_while(inner, pause, |inner| !inner.stopped)
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        inner.stopped
-    }
-
-    fn lock(&self) -> MutexGuard<'_, StopInner> {
-        self.0.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn parts(&self) -> session::StubParts<'_> {
+        session::StubParts { methods: &self.methods, service: &self.service, runtime: &self.runtime, stop: &self.stop }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::{EventMask, Notification};
+    use crate::plugin::{CreateContainer, HandlerResult, StateChange, StopContainer, Subscriptions};
     use crate::testing::{FakeRuntime, PATIENCE};
-    use anyhow::Context as _;
     use std::collections::HashMap;
     use std::os::unix::net::UnixListener;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
     use std::thread;
 
     const IO_MAX: &str = "8:16 rbps=1048576 wiops=100";
@@ -310,39 +167,110 @@ mod tests {
 
     /// Limits every container except one named "refused".
     #[derive(Default)]
-    struct Limiter {
+    struct IoMaxPlugin {
         synced: Mutex<Vec<(usize, usize)>>,
         shutdowns: AtomicUsize,
     }
 
-    impl Plugin for Limiter {
-        fn events(&self) -> EventMask {
-            EventMask::of(&[api::Event::CREATE_CONTAINER, api::Event::STOP_CONTAINER])
+    impl Plugin for IoMaxPlugin {
+        fn configure(self: Arc<Self>, _req: &api::ConfigureRequest, events: &mut Subscriptions) -> HandlerResult<()> {
+            events.on_create_container(self.clone()).on_stop_container(self);
+            Ok(())
         }
 
         fn synchronize(
             &self,
             pods: &[api::PodSandbox],
             containers: &[api::Container],
-        ) -> anyhow::Result<Vec<api::ContainerUpdate>> {
+        ) -> HandlerResult<Vec<api::ContainerUpdate>> {
             self.synced.lock().unwrap().push((pods.len(), containers.len()));
             Ok(containers.iter().map(|ctr| unified_update(&ctr.id)).collect())
         }
 
+        fn shutdown(&self) {
+            self.shutdowns.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl CreateContainer for IoMaxPlugin {
         fn create_container(
             &self,
             _pod: &api::PodSandbox,
             ctr: &api::Container,
-        ) -> anyhow::Result<(api::ContainerAdjustment, Vec<api::ContainerUpdate>)> {
+        ) -> HandlerResult<(api::ContainerAdjustment, Vec<api::ContainerUpdate>)> {
             if ctr.name == "refused" {
-                return Err(anyhow::anyhow!("no block device backs /data"))
-                    .context("iogate: cannot enforce annotation io.max");
+                let err =
+                    anyhow::anyhow!("no block device backs /data").context("iogate: cannot enforce annotation io.max");
+                return Err(err.into());
             }
             Ok((limits_adjustment(), Vec::new()))
         }
+    }
 
-        fn shutdown(&self) {
-            self.shutdowns.fetch_add(1, Ordering::SeqCst);
+    impl StopContainer for IoMaxPlugin {
+        fn stop_container(
+            &self,
+            _pod: &api::PodSandbox,
+            _ctr: &api::Container,
+        ) -> HandlerResult<Vec<api::ContainerUpdate>> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Can handle three events and registers only the first: the others
+    /// are never its business.
+    #[derive(Default)]
+    struct CreateOnly {
+        calls: Mutex<Vec<&'static str>>,
+    }
+
+    impl Plugin for CreateOnly {
+        fn configure(self: Arc<Self>, _req: &api::ConfigureRequest, events: &mut Subscriptions) -> HandlerResult<()> {
+            events.on_create_container(self);
+            Ok(())
+        }
+    }
+
+    impl CreateContainer for CreateOnly {
+        fn create_container(
+            &self,
+            _pod: &api::PodSandbox,
+            _ctr: &api::Container,
+        ) -> HandlerResult<(api::ContainerAdjustment, Vec<api::ContainerUpdate>)> {
+            self.calls.lock().unwrap().push("create");
+            Ok((limits_adjustment(), Vec::new()))
+        }
+    }
+
+    impl StopContainer for CreateOnly {
+        fn stop_container(
+            &self,
+            _pod: &api::PodSandbox,
+            _ctr: &api::Container,
+        ) -> HandlerResult<Vec<api::ContainerUpdate>> {
+            self.calls.lock().unwrap().push("stop");
+            Ok(vec![unified_update("other")])
+        }
+    }
+
+    impl StateChange for CreateOnly {
+        fn state_change(
+            &self,
+            _event: Notification,
+            _pod: &api::PodSandbox,
+            _ctr: Option<&api::Container>,
+        ) -> HandlerResult<()> {
+            self.calls.lock().unwrap().push("state change");
+            Ok(())
+        }
+    }
+
+    /// Registers nothing at all.
+    struct Deaf;
+
+    impl Plugin for Deaf {
+        fn configure(self: Arc<Self>, _req: &api::ConfigureRequest, _events: &mut Subscriptions) -> HandlerResult<()> {
+            Ok(())
         }
     }
 
@@ -404,13 +332,13 @@ mod tests {
 
     #[test]
     fn loopback_register_configure_synchronize_create() {
-        let limiter = Arc::new(Limiter::default());
-        let stub = Arc::new(Stub::new(limiter.clone()));
+        let plugin = Arc::new(IoMaxPlugin::default());
+        let stub = Arc::new(Stub::new(plugin.clone()));
         let (plugin_end, runtime_end) = UnixStream::pair().unwrap();
         let runtime = FakeRuntime::attach(runtime_end);
         let serving = {
             let stub = Arc::clone(&stub);
-            thread::spawn(move || stub.serve_connection(plugin_end, &Identity::new("iogate", "10").unwrap()))
+            thread::spawn(move || stub.serve_connection(plugin_end, &Registration::new("iogate", "10").unwrap()))
         };
 
         let registration = runtime.expect_registration();
@@ -442,7 +370,7 @@ mod tests {
         assert!(!reply.more);
         let updated: Vec<&str> = reply.update.iter().map(|u| u.container_id.as_str()).collect();
         assert_eq!(updated, ["c1", "c2"]);
-        assert_eq!(*limiter.synced.lock().unwrap(), [(1, 2)]);
+        assert_eq!(*plugin.synced.lock().unwrap(), [(1, 2)]);
 
         let created = create(&runtime, "db").unwrap();
         let adjust = created.adjust.get_or_default();
@@ -454,7 +382,7 @@ mod tests {
         assert!(created.update.is_empty());
 
         runtime.plugin.shutdown().unwrap();
-        assert_eq!(limiter.shutdowns.load(Ordering::SeqCst), 1);
+        assert_eq!(plugin.shutdowns.load(Ordering::SeqCst), 1);
 
         runtime.hang_up();
         serving.join().unwrap().expect("a runtime hang-up ends the session cleanly");
@@ -465,12 +393,12 @@ mod tests {
     /// that is restarting hangs up; the session still ended, not failed.
     #[test]
     fn a_hang_up_before_the_registration_reply_ends_the_session_cleanly() {
-        let stub = Arc::new(Stub::new(Arc::new(Limiter::default())));
+        let stub = Arc::new(Stub::new(Arc::new(IoMaxPlugin::default())));
         let (plugin_end, runtime_end) = UnixStream::pair().unwrap();
         let runtime = FakeRuntime::attach_holding_replies(runtime_end);
         let serving = {
             let stub = Arc::clone(&stub);
-            thread::spawn(move || stub.serve_connection(plugin_end, &Identity::new("iogate", "10").unwrap()))
+            thread::spawn(move || stub.serve_connection(plugin_end, &Registration::new("iogate", "10").unwrap()))
         };
         runtime.expect_registration();
         runtime.plugin.configure(&api::ConfigureRequest::default()).unwrap();
@@ -482,12 +410,12 @@ mod tests {
     /// registration: a lost reply is a failed registration.
     #[test]
     fn a_hang_up_before_configure_is_a_failed_registration() {
-        let stub = Arc::new(Stub::new(Arc::new(Limiter::default())));
+        let stub = Arc::new(Stub::new(Arc::new(IoMaxPlugin::default())));
         let (plugin_end, runtime_end) = UnixStream::pair().unwrap();
         let runtime = FakeRuntime::attach_holding_replies(runtime_end);
         let serving = {
             let stub = Arc::clone(&stub);
-            thread::spawn(move || stub.serve_connection(plugin_end, &Identity::new("iogate", "10").unwrap()))
+            thread::spawn(move || stub.serve_connection(plugin_end, &Registration::new("iogate", "10").unwrap()))
         };
         runtime.expect_registration();
         runtime.hang_up();
@@ -497,12 +425,12 @@ mod tests {
 
     #[test]
     fn plugin_errors_reach_the_runtime_verbatim() {
-        let stub = Arc::new(Stub::new(Arc::new(Limiter::default())));
+        let stub = Arc::new(Stub::new(Arc::new(IoMaxPlugin::default())));
         let (plugin_end, runtime_end) = UnixStream::pair().unwrap();
         let runtime = FakeRuntime::attach(runtime_end);
         let serving = {
             let stub = Arc::clone(&stub);
-            thread::spawn(move || stub.serve_connection(plugin_end, &Identity::new("iogate", "10").unwrap()))
+            thread::spawn(move || stub.serve_connection(plugin_end, &Registration::new("iogate", "10").unwrap()))
         };
         runtime.expect_registration();
         // containerd configures a plugin before it sends any event.
@@ -522,18 +450,73 @@ mod tests {
         serving.join().unwrap().unwrap();
     }
 
+    /// Serves `plugin` on one end of a socket pair; the fake runtime has the
+    /// other end and has seen the registration.
+    fn connected(plugin: Arc<dyn Plugin>) -> (FakeRuntime, thread::JoinHandle<Result<(), Error>>) {
+        let stub = Stub::new(plugin);
+        let (plugin_end, runtime_end) = UnixStream::pair().unwrap();
+        let runtime = FakeRuntime::attach(runtime_end);
+        let serving =
+            thread::spawn(move || stub.serve_connection(plugin_end, &Registration::new("iogate", "10").unwrap()));
+        runtime.expect_registration();
+        (runtime, serving)
+    }
+
+    #[test]
+    fn events_without_a_registered_handler_are_never_delivered() {
+        let plugin = Arc::new(CreateOnly::default());
+        let (runtime, serving) = connected(plugin.clone());
+        let configured = runtime.plugin.configure(&api::ConfigureRequest::default()).unwrap();
+        assert_eq!(EventMask::from_bits(configured.events), EventMask::from(api::Event::CREATE_CONTAINER));
+
+        // A runtime out of step with the subscription: answered, not delivered.
+        let stop = api::StopContainerRequest {
+            pod: Some(pod("p1")).into(),
+            container: Some(container("c1", "db")).into(),
+            ..Default::default()
+        };
+        assert!(runtime.plugin.stop_container(&stop).unwrap().update.is_empty());
+        let started = api::StateChangeEvent {
+            event: api::Event::START_CONTAINER.into(),
+            pod: Some(pod("p1")).into(),
+            ..Default::default()
+        };
+        runtime.plugin.state_change(&started).unwrap();
+        assert!(plugin.calls.lock().unwrap().is_empty());
+
+        let created = create(&runtime, "db").unwrap();
+        assert!(created.adjust.is_some());
+        assert_eq!(*plugin.calls.lock().unwrap(), ["create"]);
+
+        runtime.hang_up();
+        serving.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_plugin_that_registers_nothing_is_refused() {
+        let (runtime, serving) = connected(Arc::new(Deaf));
+        match runtime.plugin.configure(&api::ConfigureRequest::default()) {
+            Err(ttrpc::Error::RpcStatus(status)) => {
+                assert_eq!(status.message, "the plugin registered no event handlers")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        runtime.hang_up();
+        serving.join().unwrap().unwrap();
+    }
+
     #[test]
     fn external_mode_reconnects_after_the_runtime_goes_away() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("nri.sock");
         let stub = Arc::new(
-            Stub::new(Arc::new(Limiter::default()))
+            Stub::new(Arc::new(IoMaxPlugin::default()))
                 .with_reconnect_backoff(Duration::from_millis(5), Duration::from_millis(40)),
         );
         let stop = stub.stop_handle();
         let running = {
             let (stub, socket) = (Arc::clone(&stub), socket.clone());
-            thread::spawn(move || stub.run_external(&socket, &Identity::new("iogate", "10").unwrap()))
+            thread::spawn(move || stub.run_external(&socket, &Registration::new("iogate", "10").unwrap()))
         };
 
         // The runtime is not up yet: the stub keeps trying.
@@ -559,13 +542,13 @@ mod tests {
 
     #[test]
     fn stop_closes_a_live_connection() {
-        let stub = Arc::new(Stub::new(Arc::new(Limiter::default())));
+        let stub = Arc::new(Stub::new(Arc::new(IoMaxPlugin::default())));
         let (plugin_end, runtime_end) = UnixStream::pair().unwrap();
         let runtime = FakeRuntime::attach(runtime_end);
         let stop = stub.stop_handle();
         let serving = {
             let stub = Arc::clone(&stub);
-            thread::spawn(move || stub.serve_connection(plugin_end, &Identity::new("iogate", "10").unwrap()))
+            thread::spawn(move || stub.serve_connection(plugin_end, &Registration::new("iogate", "10").unwrap()))
         };
         runtime.expect_registration();
         // The runtime saw the request; the stub attaches once the reply is in.

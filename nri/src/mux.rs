@@ -95,7 +95,7 @@ impl MuxError {
 ///
 /// Dropping the `Mux` closes the trunk and every connection on it.
 pub struct Mux {
-    shared: Arc<Shared>,
+    trunk: Arc<Trunk>,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -107,8 +107,8 @@ impl Mux {
     pub fn start<const N: usize>(trunk: UnixStream, ids: [ConnId; N]) -> Result<(Mux, [MuxConn; N]), MuxError> {
         let reader_end = trunk.try_clone().map_err(MuxError::io)?;
         let writer_end = trunk.try_clone().map_err(MuxError::io)?;
-        let shared = Arc::new(Shared {
-            trunk,
+        let trunk = Arc::new(Trunk {
+            socket: trunk,
             writer: Mutex::new(writer_end),
             state: Mutex::new(State { conns: HashMap::new(), next_generation: 0, end: None }),
             ended: Condvar::new(),
@@ -116,52 +116,52 @@ impl Mux {
 
         let mut conns = Vec::with_capacity(N);
         for id in ids {
-            conns.push(shared.open(id)?);
+            conns.push(trunk.open(id)?);
         }
         let conns: [MuxConn; N] = match conns.try_into() {
             Ok(conns) => conns,
             Err(_) => unreachable!("one connection was opened per id"),
         };
 
-        let reader_shared = Arc::clone(&shared);
+        let reader_trunk = Arc::clone(&trunk);
         let reader = thread::Builder::new()
             .name("nri-mux-reader".into())
-            .spawn(move || demultiplex(&reader_shared, reader_end))
+            .spawn(move || demultiplex(&reader_trunk, reader_end))
             .map_err(MuxError::io)?;
-        Ok((Mux { shared, reader: Some(reader) }, conns))
+        Ok((Mux { trunk, reader: Some(reader) }, conns))
     }
 
     /// Opens another connection. Frames that arrived for it before this call
     /// were dropped.
     pub fn open(&self, id: ConnId) -> Result<MuxConn, MuxError> {
-        self.shared.open(id)
+        self.trunk.open(id)
     }
 
     /// A handle that can close this multiplexer from elsewhere.
     pub fn closer(&self) -> MuxCloser {
-        MuxCloser(Arc::clone(&self.shared))
+        MuxCloser(Arc::clone(&self.trunk))
     }
 
     /// Closes the trunk. Data already queued stays readable; after it,
     /// connections read end-of-file and writes fail.
     pub fn close(&self) {
-        self.shared.end(Ok(()));
+        self.trunk.end(Ok(()));
     }
 
     /// Blocks until the multiplexer has closed: `Ok` when the peer closed the
     /// trunk (or we did), the failure otherwise.
     pub fn wait(&self) -> Result<(), MuxError> {
-        let mut state = self.shared.lock_state();
+        let mut state = self.trunk.lock_state();
         loop {
             if let Some(end) = &state.end {
                 return end.clone();
             }
-            state = self.shared.ended.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+            state = self.trunk.ended.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
     }
 
     pub fn is_closed(&self) -> bool {
-        self.shared.lock_state().end.is_some()
+        self.trunk.lock_state().end.is_some()
     }
 }
 
@@ -177,7 +177,7 @@ impl Drop for Mux {
 
 /// Closes a [`Mux`] from wherever the owner is not.
 #[derive(Clone)]
-pub struct MuxCloser(Arc<Shared>);
+pub struct MuxCloser(Arc<Trunk>);
 
 impl MuxCloser {
     pub fn close(&self) {
@@ -190,7 +190,7 @@ impl MuxCloser {
 pub struct MuxConn {
     id: u32,
     generation: u64,
-    shared: Arc<Shared>,
+    trunk: Arc<Trunk>,
     queue: Receiver<Vec<u8>>,
     pending: Vec<u8>,
     offset: usize,
@@ -212,7 +212,7 @@ impl MuxConn {
 
     /// A write half that can live on another thread than the reader.
     pub fn writer(&self) -> MuxWriter {
-        MuxWriter { id: self.id, shared: Arc::clone(&self.shared) }
+        MuxWriter { id: self.id, trunk: Arc::clone(&self.trunk) }
     }
 }
 
@@ -237,7 +237,7 @@ impl Read for MuxConn {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "no data within the read timeout"))
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    return match self.shared.lock_state().end.clone() {
+                    return match self.trunk.lock_state().end.clone() {
                         Some(Err(err)) => Err(err.into_io()),
                         _ => Ok(0),
                     }
@@ -253,7 +253,7 @@ impl Read for MuxConn {
 
 impl Write for MuxConn {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.shared.write_frames(self.id, buf)?;
+        self.trunk.write_frames(self.id, buf)?;
         Ok(buf.len())
     }
 
@@ -264,7 +264,7 @@ impl Write for MuxConn {
 
 impl Drop for MuxConn {
     fn drop(&mut self) {
-        let mut state = self.shared.lock_state();
+        let mut state = self.trunk.lock_state();
         if state.conns.get(&self.id).is_some_and(|slot| slot.generation == self.generation) {
             state.conns.remove(&self.id);
         }
@@ -275,12 +275,12 @@ impl Drop for MuxConn {
 #[derive(Clone)]
 pub struct MuxWriter {
     id: u32,
-    shared: Arc<Shared>,
+    trunk: Arc<Trunk>,
 }
 
 impl Write for MuxWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.shared.write_frames(self.id, buf)?;
+        self.trunk.write_frames(self.id, buf)?;
         Ok(buf.len())
     }
 
@@ -289,9 +289,11 @@ impl Write for MuxWriter {
     }
 }
 
-struct Shared {
+/// The trunk socket and the virtual connections on it, shared by the
+/// [`Mux`], its connections and writers, and the reader thread.
+struct Trunk {
     /// Kept to shut the socket down, which wakes the reader thread.
-    trunk: UnixStream,
+    socket: UnixStream,
     /// Held for a whole write so that frames of different connections never
     /// interleave mid-frame.
     writer: Mutex<UnixStream>,
@@ -311,7 +313,7 @@ struct Slot {
     queue: SyncSender<Vec<u8>>,
 }
 
-impl Shared {
+impl Trunk {
     fn lock_state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -334,7 +336,7 @@ impl Shared {
         Ok(MuxConn {
             id: id.0,
             generation,
-            shared: Arc::clone(self),
+            trunk: Arc::clone(self),
             queue: queue_rx,
             pending: Vec::new(),
             offset: 0,
@@ -355,7 +357,7 @@ impl Shared {
         // Dropping the senders lets readers drain what is queued, then see EOF.
         state.conns.clear();
         drop(state);
-        let _ = self.trunk.shutdown(Shutdown::Both);
+        let _ = self.socket.shutdown(Shutdown::Both);
         self.ended.notify_all();
     }
 
@@ -384,10 +386,10 @@ impl Shared {
 
 /// The reader thread: splits the trunk into frames and queues each payload
 /// on its connection, until the trunk ends or fails.
-fn demultiplex(shared: &Shared, mut trunk: UnixStream) {
+fn demultiplex(trunk: &Trunk, mut socket: UnixStream) {
     let outcome = loop {
         let mut header = [0u8; FRAME_HEADER_LEN];
-        match read_header(&mut trunk, &mut header) {
+        match read_header(&mut socket, &mut header) {
             Ok(true) => {}
             Ok(false) => break Ok(()),
             Err(err) => break Err(err),
@@ -398,7 +400,7 @@ fn demultiplex(shared: &Shared, mut trunk: UnixStream) {
             break Err(MuxError::FrameTooLarge { conn, size });
         }
         let mut payload = vec![0u8; size];
-        if let Err(err) = trunk.read_exact(&mut payload) {
+        if let Err(err) = socket.read_exact(&mut payload) {
             break Err(match err.kind() {
                 io::ErrorKind::UnexpectedEof => MuxError::Truncated,
                 _ => MuxError::io(err),
@@ -408,7 +410,7 @@ fn demultiplex(shared: &Shared, mut trunk: UnixStream) {
             // Upstream emits these for empty writes; they carry nothing.
             continue;
         }
-        let mut state = shared.lock_state();
+        let mut state = trunk.lock_state();
         if state.end.is_some() {
             break Ok(());
         }
@@ -423,7 +425,7 @@ fn demultiplex(shared: &Shared, mut trunk: UnixStream) {
             }
         }
     };
-    shared.end(outcome);
+    trunk.end(outcome);
 }
 
 /// Reads one frame header; `Ok(false)` is a clean end of the trunk between

@@ -52,6 +52,14 @@ impl PluginCaller {
         self.call("CreateContainer", req)
     }
 
+    pub(crate) fn stop_container(&self, req: &api::StopContainerRequest) -> ttrpc::Result<api::StopContainerResponse> {
+        self.call("StopContainer", req)
+    }
+
+    pub(crate) fn state_change(&self, req: &api::StateChangeEvent) -> ttrpc::Result<api::Empty> {
+        self.call("StateChange", req)
+    }
+
     pub(crate) fn shutdown(&self) -> ttrpc::Result<api::Empty> {
         self.call("Shutdown", &api::Empty::new())
     }

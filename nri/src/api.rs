@@ -5,7 +5,7 @@
 //! `api::LinuxResources`, ...); nested messages are `protobuf::MessageField`s
 //! and enums are `protobuf::EnumOrUnknown`s. The ttrpc side consists of
 //! `PluginClient`/`RuntimeClient` (callers), the `Plugin`/`Runtime` traits
-//! (servers; not to be confused with [`crate::stub::Plugin`]) and
+//! (servers; not to be confused with [`crate::Plugin`]) and
 //! `create_plugin`/`create_runtime`, which turn a trait object into the
 //! method table a `ttrpc::Server` serves.
 

@@ -46,7 +46,7 @@ impl RuntimeHandle {
     /// Asks the runtime to change resources of running containers and
     /// returns the updates it could not apply.
     ///
-    /// Never call this from a [`Plugin`](crate::stub::Plugin) callback:
+    /// Never call this from a handler (see [`Plugin`](crate::Plugin)):
     /// containerd serialises NRI work under one lock, so the call would wait
     /// for the callback that waits for it, until the runtime gives up on the
     /// plugin and disconnects it.

@@ -2,7 +2,7 @@
 //! (length, stream id, type, flags; big endian, as `ttrpc::MessageHeader`
 //! encodes it) followed by a protobuf `Request` or `Response`.
 //!
-//! Why iogate frames ttrpc itself instead of running `ttrpc::Client` and
+//! Why this crate frames ttrpc itself instead of running `ttrpc::Client` and
 //! `ttrpc::Server` (0.8 and 0.10 alike) on bridged sockets:
 //! * the sync client's receiver thread reads through the raw descriptor
 //!   number and lets go of the connection between polling and reading, so a

@@ -1,8 +1,6 @@
-//! iogate's decisions turned into NRI container adjustments.
-//!
-//! The policy itself lives in `iogate-core`; this module only knows how to
-//! express its result so runc applies it *before* the container's process
-//! runs:
+//! Admission of each container under iogate's policy: the policy's decision
+//! (from `iogate-core`), turned into the NRI container adjustment that makes
+//! runc apply the limits *before* the container's process runs:
 //!
 //! * cgroup v2, one device: `linux.resources.unified["io.max"]`; runc writes
 //!   it while creating the cgroup.
@@ -23,7 +21,7 @@ use iogate_core::policy::{Enforce, Refusal};
 use iogate_core::{CgroupFs, CgroupVersion, ContainerInfo, Decision, Policy};
 use tracing::{info, warn};
 
-use crate::api;
+use nri::api;
 
 /// Seconds runc gives the injected hook.
 const HOOK_TIMEOUT_SECONDS: i64 = 5;
@@ -31,16 +29,19 @@ const HOOK_TIMEOUT_SECONDS: i64 = 5;
 /// Annotations containerd's CRI puts on every container spec.
 const CRI_IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
 
-pub struct Limiter {
+/// Decides, per container, what the policy wants and how the runtime must
+/// apply it; the runtime (or, for running containers, a cgroup write) does
+/// the limiting.
+pub struct Admission {
     policy: Policy,
     cgroups: CgroupFs,
     hook_path: PathBuf,
 }
 
-impl Limiter {
+impl Admission {
     pub fn new(policy: Policy, cgroups: CgroupFs) -> Self {
         let hook_path = policy.config.hook_path.clone();
-        Limiter { policy, cgroups, hook_path }
+        Admission { policy, cgroups, hook_path }
     }
 
     pub fn cgroup_version(&self) -> CgroupVersion {
@@ -216,10 +217,10 @@ mod tests {
     use super::*;
     use iogate_core::{Config, Device};
 
-    fn limiter(version: CgroupVersion, devices: Vec<Device>, f: impl FnOnce(&mut Config)) -> Limiter {
+    fn admission(version: CgroupVersion, devices: Vec<Device>, f: impl FnOnce(&mut Config)) -> Admission {
         let mut c = Config { hook_path: "/opt/iogate/bin/iogate-oci-hook".into(), ..Config::default() };
         f(&mut c);
-        Limiter::new(Policy::new(c, devices), CgroupFs::new(version, "/sys/fs/cgroup"))
+        Admission::new(Policy::new(c, devices), CgroupFs::new(version, "/sys/fs/cgroup"))
     }
 
     fn pod(ann: &[(&str, &str)]) -> api::PodSandbox {
@@ -241,7 +242,7 @@ mod tests {
 
     #[test]
     fn v2_single_device_goes_into_unified() {
-        let l = limiter(CgroupVersion::V2, vec![Device::new(7, 0)], |_| {});
+        let l = admission(CgroupVersion::V2, vec![Device::new(7, 0)], |_| {});
         let adj = l.create_container(&pod(&[("iogate.io/write-iops", "100")]), &ctr("app")).unwrap();
         let res = adj.linux.resources.as_ref().unwrap();
         assert_eq!(res.unified["io.max"], "7:0 riops=500 wiops=100 rbps=max wbps=max");
@@ -250,7 +251,7 @@ mod tests {
 
     #[test]
     fn v1_injects_the_create_runtime_hook() {
-        let l = limiter(CgroupVersion::V1, vec![Device::new(7, 0), Device::new(8, 0)], |c| c.strict = true);
+        let l = admission(CgroupVersion::V1, vec![Device::new(7, 0), Device::new(8, 0)], |c| c.strict = true);
         let adj = l.create_container(&pod(&[]), &ctr("app")).unwrap();
         assert!(adj.linux.is_none(), "runc refuses unified resources on cgroup v1");
         let hook = &adj.hooks.create_runtime[0];
@@ -272,7 +273,7 @@ mod tests {
 
     #[test]
     fn excluded_and_exempt_get_no_adjustment() {
-        let l = limiter(CgroupVersion::V2, vec![Device::new(7, 0)], |c| c.exempt_namespaces = vec!["shop".into()]);
+        let l = admission(CgroupVersion::V2, vec![Device::new(7, 0)], |c| c.exempt_namespaces = vec!["shop".into()]);
         let adj = l.create_container(&pod(&[]), &ctr("istio-proxy")).unwrap();
         assert_eq!(adj, api::ContainerAdjustment::new());
         let adj = l.create_container(&pod(&[("iogate.io/exempt", "true")]), &ctr("app")).unwrap();
@@ -281,7 +282,7 @@ mod tests {
 
     #[test]
     fn strict_refusal_is_an_error_with_the_reason() {
-        let l = limiter(CgroupVersion::V2, vec![Device::new(7, 0)], |c| c.strict = true);
+        let l = admission(CgroupVersion::V2, vec![Device::new(7, 0)], |c| c.strict = true);
         let e = l.create_container(&pod(&[("iogate.io/read-iops", "lots")]), &ctr("app")).unwrap_err();
         assert!(
             format!("{e:#}")
@@ -292,7 +293,7 @@ mod tests {
 
     #[test]
     fn image_comes_from_the_cri_annotation_for_keyword_exclusion() {
-        let l = limiter(CgroupVersion::V2, vec![Device::new(7, 0)], |c| c.exclude_keywords = vec!["apisix".into()]);
+        let l = admission(CgroupVersion::V2, vec![Device::new(7, 0)], |c| c.exclude_keywords = vec!["apisix".into()]);
         let mut c = ctr("gateway");
         c.annotations.insert(CRI_IMAGE_NAME.into(), "registry.local/apisix:3".into());
         assert_eq!(l.create_container(&pod(&[]), &c).unwrap(), api::ContainerAdjustment::new());
