@@ -61,13 +61,14 @@ impl fmt::Display for Knob {
 }
 
 /// Limits for one device; `None` means unlimited for that knob. Serialized
-/// as `{"read_iops": 500, "write_iops": null, ...}` (the sidecar's API).
+/// as `{"read_bps": null, "read_iops": 500, ...}` (the sidecar's API; fields
+/// in alphabetical order, as all of its documents: see `iogate-api`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
-    pub read_iops: Option<u64>,
-    pub write_iops: Option<u64>,
     pub read_bps: Option<u64>,
+    pub read_iops: Option<u64>,
     pub write_bps: Option<u64>,
+    pub write_iops: Option<u64>,
 }
 
 impl Limits {

@@ -203,8 +203,8 @@ impl SourceKind {
 
     pub fn name(self) -> &'static str {
         match self {
-            SourceKind::Ebpf => "ebpf",
-            SourceKind::CgroupStats => "cgroup-stats",
+            SourceKind::Ebpf => iogate_api::SOURCE_EBPF,
+            SourceKind::CgroupStats => iogate_api::SOURCE_CGROUP_STATS,
         }
     }
 }

@@ -150,11 +150,11 @@ async fn pod_directory(args: &Args) -> PodDirectory {
 
 fn pods_status(directory: &PodDirectory) -> PodsStatus {
     match directory.status() {
-        DirectoryStatus::NotConnected(why) => PodsStatus { mode: "none", synced: false, detail: why },
+        DirectoryStatus::NotConnected(why) => PodsStatus { mode: "none".into(), synced: false, detail: why },
         DirectoryStatus::Syncing => {
-            PodsStatus { mode: "kubernetes", synced: false, detail: "listing this node's pods".into() }
+            PodsStatus { mode: "kubernetes".into(), synced: false, detail: "listing this node's pods".into() }
         }
-        DirectoryStatus::Synced => PodsStatus { mode: "kubernetes", synced: true, detail: "watching".into() },
+        DirectoryStatus::Synced => PodsStatus { mode: "kubernetes".into(), synced: true, detail: "watching".into() },
     }
 }
 

@@ -3,7 +3,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+pub use iogate_api::PodsStatus;
 
 use crate::counters::SourceKind;
 use crate::frame::Frame;
@@ -19,15 +19,6 @@ pub struct Published {
     pub assessed: Vec<Assessed>,
     pub window_seconds: f64,
     pub at: Option<Instant>,
-}
-
-/// Where pod names come from, for `/readyz`.
-#[derive(Debug, Clone, Serialize)]
-pub struct PodsStatus {
-    /// `kubernetes` (watching this node's pods) or `none` (ids only).
-    pub mode: &'static str,
-    pub synced: bool,
-    pub detail: String,
 }
 
 #[derive(Debug)]

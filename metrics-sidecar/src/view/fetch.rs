@@ -15,13 +15,13 @@ use anyhow::{bail, Context, Result};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use iogate_api::{ErrorResponse, MetricsResponse};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
-use super::api::MetricsResponse;
 use super::rows::{NodeReport, Scope};
 use super::workload::Owner;
 
@@ -112,11 +112,7 @@ pub async fn get_direct(endpoint: &Endpoint, timeout: Duration) -> Result<Metric
 /// The sidecar's errors are `{"error": "...", "status": N}`: show the
 /// message; anything else (a proxy's HTML page) by its status alone.
 fn http_error(status: http::StatusCode, body: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct ErrorDoc {
-        error: String,
-    }
-    match serde_json::from_slice::<ErrorDoc>(body) {
+    match serde_json::from_slice::<ErrorResponse>(body) {
         Ok(doc) => format!("HTTP {}: {}", status.as_u16(), doc.error),
         Err(_) => format!("HTTP {status}"),
     }

@@ -7,7 +7,6 @@
 //! - [`cli`]: the command line;
 //! - [`fetch`]: the sidecars' answers, directly (`--endpoint`) or through
 //!   the API server's pod proxy, and the pods' owners;
-//! - [`api`]: the answer's fields, as the client reads them;
 //! - [`workload`]: a pod's workload, from its owner or its name;
 //! - [`rows`]: merging the nodes, one row per container, sorting;
 //! - [`table`]: the flat table, the tree, and the notes above them.
@@ -15,7 +14,6 @@
 //! [`top`] strings them together; the binary only prints and picks the exit
 //! status.
 
-pub mod api;
 pub mod cli;
 pub mod fetch;
 pub mod rows;

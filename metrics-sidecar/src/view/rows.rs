@@ -9,8 +9,8 @@ use std::str::FromStr;
 
 use iogate_core::Knob;
 
-use super::api::{ContainerMetrics, DeviceMetrics, Limits, MetricsResponse, PodMetrics};
 use super::workload::Workload;
+use iogate_api::{ContainerMetrics, DeviceMetrics, Limits, MetricsResponse, PodMetrics};
 
 /// One sidecar's answer, named by the node it runs on (or the endpoint's
 /// address when queried directly).
