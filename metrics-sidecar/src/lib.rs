@@ -19,8 +19,8 @@
 //! [`sampler`] runs steps 1–3 once per interval and [`state`] holds what the
 //! handlers read.
 //!
-//! [`view`] is the other end: the `kubectl iogate` plugin, which reads the
-//! REST API of every node's sidecar and shows the cluster's pods together.
+//! The documents are `iogate-api`'s; `kubectl-iogate` reads them from every
+//! node's sidecar.
 
 pub mod attribution;
 pub mod cgroup_path;
@@ -39,5 +39,4 @@ pub mod report;
 pub mod sampler;
 pub mod stacking;
 pub mod state;
-pub mod view;
 pub mod window;

@@ -5,8 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::fetch::{Endpoint, SIDECAR_PORT};
-use super::rows::SortKey;
+use crate::fetch::{Endpoint, SIDECAR_PORT};
+use crate::rows::SortKey;
 
 pub const USAGE: &str = "\
 usage: kubectl iogate top [options]

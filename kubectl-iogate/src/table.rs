@@ -3,7 +3,7 @@
 //! them. Plain text columns, as kubectl prints, numbers right-aligned so
 //! their magnitudes line up.
 
-use super::rows::Row;
+use crate::rows::Row;
 
 const FLAT_HEADERS: [(&str, Align); 12] = [
     ("NAMESPACE", Align::Left),
@@ -177,8 +177,8 @@ fn layout(headers: &[(&str, Align)], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::view::rows::tests::canned_rows;
-    use crate::view::rows::SortKey;
+    use crate::rows::tests::canned_rows;
+    use crate::rows::SortKey;
 
     #[test]
     fn flat_table_from_canned_responses() {

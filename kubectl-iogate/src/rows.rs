@@ -7,10 +7,10 @@ use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
+use iogate_api::{ContainerMetrics, DeviceMetrics, Limits, MetricsResponse, PodMetrics};
 use iogate_core::Knob;
 
-use super::workload::Workload;
-use iogate_api::{ContainerMetrics, DeviceMetrics, Limits, MetricsResponse, PodMetrics};
+use crate::workload::Workload;
 
 /// One sidecar's answer, named by the node it runs on (or the endpoint's
 /// address when queried directly).
@@ -271,12 +271,12 @@ pub fn sort(rows: &mut [Row], key: SortKey) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::view::workload;
+    use crate::workload;
 
     /// Two nodes' answers, shared with the end-to-end test: `node-a` with
     /// eBPF, `node-b` on the cgroup-stats fallback (latency `null`).
-    pub(crate) const NODE_A: &str = include_str!("../../tests/data/node-a.json");
-    pub(crate) const NODE_B: &str = include_str!("../../tests/data/node-b.json");
+    pub(crate) const NODE_A: &str = include_str!("../tests/data/node-a.json");
+    pub(crate) const NODE_B: &str = include_str!("../tests/data/node-b.json");
 
     pub(crate) fn node(name: &str, json: &str) -> NodeReport {
         NodeReport { node: name.into(), response: serde_json::from_str(json).unwrap() }

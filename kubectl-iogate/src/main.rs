@@ -1,13 +1,13 @@
 //! `kubectl-iogate`: a kubectl plugin (`kubectl iogate top`) showing the
 //! iogate metrics sidecars' per-container block I/O across the cluster.
-//! The logic is in [`iogate_metrics_sidecar::view`]; this file only prints
-//! and chooses the exit status: 0 shown, 1 nothing could be shown, 2 a
-//! usage error.
+//! The logic is in the library ([`kubectl_iogate::top`]); this file only
+//! prints and chooses the exit status: 0 shown, 1 nothing could be shown, 2
+//! a usage error.
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use iogate_metrics_sidecar::view::{self, cli};
+use kubectl_iogate::cli;
 
 const USAGE_ERROR: u8 = 2;
 
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(view::top(&args)) {
+    match runtime.block_on(kubectl_iogate::top(&args)) {
         Ok(output) => {
             for line in output.warnings.iter().chain(&output.notes) {
                 eprintln!("{line}");

@@ -22,8 +22,8 @@ use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
-use super::rows::{NodeReport, Scope};
-use super::workload::Owner;
+use crate::rows::{NodeReport, Scope};
+use crate::workload::Owner;
 
 /// The sidecar's HTTP port (its `--listen` default).
 pub const SIDECAR_PORT: u16 = 9464;

@@ -1,6 +1,11 @@
-//! The client side of the sidecar: `kubectl iogate top`, which asks every
-//! node's sidecar for `GET /api/v1/metrics` and shows the cluster's block
-//! I/O per namespace, workload, pod and container.
+//! `kubectl iogate top`, the client of the iogate metrics sidecars: it asks
+//! every node's sidecar for `GET /api/v1/metrics` (an
+//! [`iogate_api::MetricsResponse`]) and shows the cluster's block I/O per
+//! namespace, workload, pod and container.
+//!
+//! It depends on the API's types, not on the sidecar: no eBPF toolchain, no
+//! kernel headers, no particular architecture, so `cargo install` works
+//! wherever kubectl runs.
 //!
 //! The pieces, each testable without a cluster:
 //!
@@ -25,10 +30,10 @@ use std::collections::HashMap;
 use anyhow::{anyhow, Result};
 use futures::future::join_all;
 
-use self::cli::{NamespaceChoice, TopArgs};
-use self::fetch::{Failure, Ownership};
-use self::rows::{NodeReport, Scope};
-use self::workload::Workload;
+use crate::cli::{NamespaceChoice, TopArgs};
+use crate::fetch::{Failure, Ownership};
+use crate::rows::{NodeReport, Scope};
+use crate::workload::Workload;
 
 /// What `top` prints: warnings and notes (stderr, first), then the table.
 #[derive(Debug, Clone, PartialEq, Eq)]

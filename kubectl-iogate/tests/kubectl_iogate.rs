@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use iogate_metrics_sidecar::view::{self, cli};
+use kubectl_iogate::cli;
 use serde_json::json;
 
 const NODE_A: &str = include_str!("data/node-a.json");
@@ -53,7 +53,7 @@ async fn library_path_merges_two_sidecars_and_renders_the_table() {
     let (a, b) = (sidecar(NODE_A).await, sidecar(NODE_B).await);
     let argv = ["top", "--endpoint", &a, "--endpoint", &b, "--limit", "3"].map(String::from);
     let cli::Command::Top(args) = cli::parse(argv).unwrap() else { panic!("not top") };
-    let out = view::top(&args).await.unwrap();
+    let out = kubectl_iogate::top(&args).await.unwrap();
     assert!(out.warnings.is_empty(), "{:?}", out.warnings);
     assert_eq!(
         out.notes,
