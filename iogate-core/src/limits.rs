@@ -25,16 +25,6 @@ impl Knob {
         }
     }
 
-    /// The cgroup v1 file that holds this knob.
-    pub fn v1_file(self) -> &'static str {
-        match self {
-            Knob::ReadIops => "blkio.throttle.read_iops_device",
-            Knob::WriteIops => "blkio.throttle.write_iops_device",
-            Knob::ReadBps => "blkio.throttle.read_bps_device",
-            Knob::WriteBps => "blkio.throttle.write_bps_device",
-        }
-    }
-
     /// The name used in annotations and in the config file (`read-iops`).
     pub fn name(self) -> &'static str {
         match self {

@@ -16,10 +16,10 @@ use iogate_core::cgroup::CgroupError;
 use iogate_core::{CgroupFs, Device, Limits};
 use serde::Serialize;
 
-use crate::cgroup_path::{ContainerId, PodCgroup, PodUid, QosClass};
 use crate::cgroup_tree::CgroupTree;
 use crate::counters::CgroupId;
 use crate::pods::PodDirectory;
+use iogate_core::cgroup::paths::{ContainerId, PodCgroup, PodUid, QosClass};
 
 /// Who one cgroup's I/O belongs to.
 ///

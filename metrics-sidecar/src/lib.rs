@@ -7,9 +7,10 @@
 //!    eBPF cannot load — yields growing counters per cgroup, device and
 //!    direction;
 //! 2. [`frame`]: cgroup ids become containers and pods ([`identity`], from
-//!    the hierarchy walk in [`cgroup_tree`], the path rules in
-//!    [`cgroup_path`] and the API names in [`pods`]), with the limits in
-//!    force, behind the [`attribution::Attribution`] trait;
+//!    the hierarchy walk in [`cgroup_tree`], the path rules in iogate-core's
+//!    `cgroup::paths` and the API names in [`pods`]), with the limits in
+//!    force (read by iogate-core's `CgroupFs`), behind the
+//!    [`attribution::Attribution`] trait;
 //! 3. [`window`]: two frames make usage per pod → container → device
 //!    (each request counted once across [`stacking`]);
 //!    [`report`] turns it into IOEye's fields plus percentiles, judged by
@@ -23,7 +24,6 @@
 //! node's sidecar.
 
 pub mod attribution;
-pub mod cgroup_path;
 pub mod cgroup_stats;
 pub mod cgroup_tree;
 pub mod counters;

@@ -22,7 +22,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 
-use crate::cgroup_path::{ContainerId, PodUid};
+use iogate_core::cgroup::paths::{ContainerId, PodUid};
 
 /// The annotation by which a static pod's mirror names the UID the kubelet
 /// gave the static pod (the one in its cgroup path).

@@ -41,6 +41,8 @@ use std::str::FromStr;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::cgroup::systemd;
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum IdError {
     #[error("expected a pod UID (UUID like 6f3a1b2c-0d4e-4f5a-8b6c-7d8e9f0a1b2c, or 32 hex digits for a static pod), found {0:?}")]
@@ -182,15 +184,15 @@ impl PodCgroup {
 /// `pod<uid>` (cgroupfs) or `<level>-pod<uid_with_underscores>.slice`
 /// (systemd); the systemd form also returns its QoS level (`kubepods-burstable`).
 fn pod_segment(segment: &str) -> Option<(PodUid, Option<&str>)> {
-    if let Some(slice) = segment.strip_suffix(".slice") {
-        let (level, pod) = slice.rsplit_once('-')?;
+    if segment.ends_with(systemd::SLICE_SUFFIX) {
+        let (level, pod) = systemd::split_slice(segment)?;
         let uid = pod.strip_prefix("pod")?;
         // The systemd form never carries dashes inside the UID (they would be
         // slice separators); a dash here means the name is something else.
         if uid.contains('-') {
             return None;
         }
-        return Some((uid.replace('_', "-").parse().ok()?, Some(level)));
+        return Some((systemd::pod_uid_from_slice(uid).parse().ok()?, Some(level)));
     }
     let uid = segment.strip_prefix("pod")?;
     Some((uid.parse().ok()?, None))
@@ -199,7 +201,7 @@ fn pod_segment(segment: &str) -> Option<(PodUid, Option<&str>)> {
 /// The container id in a container cgroup's name, `None` for anything that
 /// is not one (including CRI-O's conmon).
 fn container_segment(segment: &str) -> Option<ContainerId> {
-    let name = segment.strip_suffix(".scope").unwrap_or(segment);
+    let name = systemd::scope_stem(segment).unwrap_or(segment);
     if name.starts_with("crio-conmon-") {
         return None;
     }

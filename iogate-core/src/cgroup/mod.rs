@@ -1,15 +1,32 @@
-//! Reading and writing block-I/O throttles in a container's cgroup.
+//! The cgroup file formats of the block-I/O controllers, read and written in
+//! this one place, one file per controller per version:
 //!
-//! cgroup v1 keeps one file per knob (`blkio.throttle.read_iops_device`, one
-//! `MAJ:MIN value` line per device, `0` removes a limit); cgroup v2 keeps all
-//! knobs of a device on one `io.max` line. Callers deal in [`DeviceLimits`]
-//! and never see the difference.
+//! * [`v1::blkio`], `blkio.throttle.*_device` (limits, one file per knob)
+//!   and `blkio.throttle.io_serviced` / `io_service_bytes` (statistics);
+//! * [`v2::io`], `io.max` (limits, all knobs of a device on one line),
+//!   `io.stat` (statistics) and `io.pressure` (stall information);
+//! * [`systemd`], the systemd driver's slice and scope names and its
+//!   `slice:prefix:name` cgroupsPath;
+//! * [`paths`], the pod UID and container id a cgroup's path carries;
+//! * [`mountinfo`], the mounts the hierarchy is found among.
 //!
-//! Writes are idempotent: current values are read first and only knobs that
-//! differ are written, so running twice changes nothing and the returned
-//! [`Change`] list says exactly what the run did.
+//! [`CgroupFs`] is the hierarchy that carries block I/O on this host, found
+//! from the mount table, and what callers use: it reads and writes a
+//! cgroup's [`DeviceLimits`] and reads its [`IoStat`]s without callers
+//! seeing the version.
+//!
+//! Limit writes are idempotent: current values are read first and only knobs
+//! that differ are written, so running twice changes nothing and the
+//! returned [`Change`] list says exactly what the run did.
+
+pub mod mountinfo;
+pub mod paths;
+pub mod systemd;
+pub mod v1;
+pub mod v2;
 
 use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -69,14 +86,97 @@ pub enum CgroupError {
         "process {pid}'s cgroup {cgroup} is outside the {version} hierarchy mounted at {mount} (mount root {root})"
     )]
     OutsideMount { pid: u32, version: CgroupVersion, cgroup: String, mount: PathBuf, root: String },
-    #[error("{path}: expected lines of \"MAJ:MIN value\", found {line:?}")]
-    BadFile { path: PathBuf, line: String },
+    #[error("{path} line {line_no}: expected {expected}, found {line:?}")]
+    Malformed { path: PathBuf, line_no: usize, line: String, expected: &'static str },
+    #[error("{path} line {line_no}: {device} {what} appears a second time; expected one line per device")]
+    Duplicate { path: PathBuf, line_no: usize, device: Device, what: &'static str },
+    #[error("{path}: expected {expected}, found fewer")]
+    Incomplete { path: PathBuf, expected: &'static str },
     #[error(
         "{path} does not exist: on cgroup v2 the io controller must be enabled in the parent's cgroup.subtree_control"
     )]
     NoIoMax { path: PathBuf },
     #[error("process {pid} is in the root {version} cgroup: expected a container's own cgroup; refusing to throttle the whole host")]
     RootCgroup { pid: u32, version: CgroupVersion },
+}
+
+impl CgroupError {
+    /// Line `index` (0-based) of `path` is not in the `expected` form.
+    pub(crate) fn malformed(path: &Path, index: usize, line: &str, expected: &'static str) -> CgroupError {
+        CgroupError::Malformed { path: path.to_path_buf(), line_no: index + 1, line: line.to_string(), expected }
+    }
+}
+
+/// Read or write. Other operations (flush, discard) move no data and are
+/// not counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    Read,
+    Write,
+}
+
+impl Direction {
+    pub const BOTH: [Direction; 2] = [Direction::Read, Direction::Write];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Read => "read",
+            Direction::Write => "write",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Requests and bytes of one cgroup on one device since the cgroup was
+/// made, as its block controller counts them (against the request queue,
+/// i.e. whole disks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoStat {
+    pub device: Device,
+    pub read_ios: u64,
+    pub read_bytes: u64,
+    pub write_ios: u64,
+    pub write_bytes: u64,
+}
+
+impl IoStat {
+    /// Nothing counted yet.
+    pub fn new(device: Device) -> IoStat {
+        IoStat { device, read_ios: 0, read_bytes: 0, write_ios: 0, write_bytes: 0 }
+    }
+
+    pub fn ios(&self, direction: Direction) -> u64 {
+        match direction {
+            Direction::Read => self.read_ios,
+            Direction::Write => self.write_ios,
+        }
+    }
+
+    pub fn bytes(&self, direction: Direction) -> u64 {
+        match direction {
+            Direction::Read => self.read_bytes,
+            Direction::Write => self.write_bytes,
+        }
+    }
+
+    pub(crate) fn ios_mut(&mut self, direction: Direction) -> &mut u64 {
+        match direction {
+            Direction::Read => &mut self.read_ios,
+            Direction::Write => &mut self.write_ios,
+        }
+    }
+
+    pub(crate) fn bytes_mut(&mut self, direction: Direction) -> &mut u64 {
+        match direction {
+            Direction::Read => &mut self.read_bytes,
+            Direction::Write => &mut self.write_bytes,
+        }
+    }
 }
 
 /// A container's cgroup directory in the hierarchy that carries block I/O.
@@ -156,26 +256,20 @@ impl CgroupFs {
         let mut v1 = None;
         let mut v2 = None;
         let mut seen = Vec::new();
-        for line in mountinfo.lines() {
-            let Some((left, right)) = line.split_once(" - ") else { continue };
-            let l: Vec<&str> = left.split(' ').collect();
-            let r: Vec<&str> = right.split(' ').collect();
-            if l.len() < 5 || r.len() < 3 {
-                continue;
-            }
-            let (root, mount, fstype, superopts) = (l[3], unescape(l[4]), r[0], r[2]);
-            match fstype {
+        for mount in mountinfo::mounts(mountinfo) {
+            let (root, mount_point, superopts) = (mount.root, mount.mount_point, mount.super_options);
+            match mount.fstype {
                 "cgroup" => {
-                    seen.push(format!("cgroup v1 at {} ({superopts})", mount.display()));
+                    seen.push(format!("cgroup v1 at {} ({superopts})", mount_point.display()));
                     if v1.is_none() && superopts.split(',').any(|o| o == "blkio") {
-                        v1 = Some((mount, root.to_string()));
+                        v1 = Some((mount_point, root.to_string()));
                     }
                 }
                 "cgroup2" => {
-                    let ctrls = controllers_of(&mount);
-                    seen.push(format!("cgroup2 at {} (controllers: {})", mount.display(), ctrls.trim()));
+                    let ctrls = controllers_of(&mount_point);
+                    seen.push(format!("cgroup2 at {} (controllers: {})", mount_point.display(), ctrls.trim()));
                     if v2.is_none() && ctrls.split_whitespace().any(|c| c == "io") {
-                        v2 = Some((mount, root.to_string()));
+                        v2 = Some((mount_point, root.to_string()));
                     }
                 }
                 _ => {}
@@ -255,18 +349,11 @@ impl CgroupFs {
     /// Current limits of one device in a cgroup.
     pub fn read_limits(&self, cg: &CgroupPath, device: Device) -> Result<Limits, CgroupError> {
         match self.version {
-            CgroupVersion::V1 => {
-                let mut limits = Limits::UNLIMITED;
-                for knob in Knob::ALL {
-                    let path = cg.0.join(knob.v1_file());
-                    limits.set(knob, read_v1_file(&path)?.into_iter().find(|(d, _)| *d == device).map(|(_, v)| v));
-                }
-                Ok(limits)
-            }
-            CgroupVersion::V2 => {
-                let path = cg.0.join("io.max");
-                Ok(read_io_max(&path)?.into_iter().find(|l| l.device == device).map_or(Limits::UNLIMITED, |l| l.limits))
-            }
+            CgroupVersion::V1 => v1::blkio::read_limits(&cg.0, device),
+            CgroupVersion::V2 => Ok(v2::io::read_io_max(&cg.0)?
+                .into_iter()
+                .find(|l| l.device == device)
+                .map_or(Limits::UNLIMITED, |l| l.limits)),
         }
     }
 
@@ -287,70 +374,47 @@ impl CgroupFs {
             match self.version {
                 CgroupVersion::V1 => {
                     for c in &diff {
-                        // 0 is v1's way of removing a device's limit.
-                        write_file(&cg.0.join(c.knob.v1_file()), &format!("{} {}", c.device, c.to.unwrap_or(0)))?;
+                        v1::blkio::write_limit(&cg.0, c.device, c.knob, c.to)?;
                     }
                 }
                 // io.max takes one device per write, all keys at once.
-                CgroupVersion::V2 => write_file(&cg.0.join("io.max"), &dl.to_string())?,
+                CgroupVersion::V2 => v2::io::write_io_max(&cg.0, dl)?,
             }
             changes.extend(diff);
         }
         Ok(changes)
     }
+
+    /// The cgroup's requests and bytes per device, from its controller's
+    /// statistics; empty when it keeps none (a vanished cgroup, no io
+    /// controller enabled for it on v2).
+    pub fn read_io_stats(&self, cg: &CgroupPath) -> Result<Vec<IoStat>, CgroupError> {
+        match self.version {
+            CgroupVersion::V1 => v1::blkio::read_stats(&cg.0),
+            CgroupVersion::V2 => v2::io::read_stats(&cg.0),
+        }
+    }
 }
 
-fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
+pub(crate) fn read_file(path: &Path) -> Result<String, CgroupError> {
+    std::fs::read_to_string(path).map_err(|source| CgroupError::Read { path: path.to_path_buf(), source })
+}
+
+/// `None` when the file does not exist.
+pub(crate) fn read_optional(path: &Path) -> Result<Option<String>, CgroupError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CgroupError::Read { path: path.to_path_buf(), source }),
+    }
+}
+
+pub(crate) fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
     std::fs::write(path, value).map_err(|source| CgroupError::Write {
         path: path.to_path_buf(),
         value: value.to_string(),
         source,
     })
-}
-
-fn read_v1_file(path: &Path) -> Result<Vec<(Device, u64)>, CgroupError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| CgroupError::Read { path: path.to_path_buf(), source })?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let bad = || CgroupError::BadFile { path: path.to_path_buf(), line: line.to_string() };
-            let (d, v) = line.split_once(' ').ok_or_else(bad)?;
-            Ok((d.parse().map_err(|_| bad())?, v.trim().parse().map_err(|_| bad())?))
-        })
-        .collect()
-}
-
-fn read_io_max(path: &Path) -> Result<Vec<DeviceLimits>, CgroupError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(CgroupError::NoIoMax { path: path.to_path_buf() })
-        }
-        Err(source) => return Err(CgroupError::Read { path: path.to_path_buf(), source }),
-    };
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| line.parse().map_err(|_| CgroupError::BadFile { path: path.to_path_buf(), line: line.to_string() }))
-        .collect()
-}
-
-/// mountinfo escapes spaces and friends as octal (`\040`).
-fn unescape(field: &str) -> PathBuf {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    use std::os::unix::ffi::OsStringExt;
-    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 #[cfg(test)]
@@ -420,7 +484,7 @@ mod tests {
     fn v1_writes_only_what_differs_and_is_idempotent() {
         let t = tempfile::tempdir().unwrap();
         for k in Knob::ALL {
-            std::fs::write(t.path().join(k.v1_file()), "").unwrap();
+            std::fs::write(t.path().join(v1::blkio::throttle_file(k)), "").unwrap();
         }
         // A real cgroup file keeps per-device lines; the fake just records the
         // last write, which is enough to observe what was written.
@@ -450,11 +514,5 @@ mod tests {
         let missing = CgroupPath::new(t.path().join("nope"));
         let e = fs.write_limits(&missing, &[want]).unwrap_err().to_string();
         assert!(e.contains("io controller must be enabled"), "{e}");
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape("/a\\040b"), Path::new("/a b"));
-        assert_eq!(unescape("/plain"), Path::new("/plain"));
     }
 }
