@@ -232,8 +232,8 @@ mod tests {
     #[test]
     fn names_from_the_api_when_it_knows_the_pod() {
         let t = v1_host();
-        let pods = PodDirectory::syncing();
-        pods.apply(Event::Apply(web_pod()));
+        let (pods, mut feed) = PodDirectory::by_hand();
+        feed.apply(Event::Apply(web_pod()));
         let ids = identities(&t, CgroupVersion::V1, pods);
         let app = ids.workload(id(&t.path().join(format!("kubepods/burstable/pod{UID}/{APP}")))).unwrap();
         assert_eq!(
@@ -272,7 +272,7 @@ mod tests {
     #[test]
     fn non_pod_cgroups_carry_only_their_path() {
         let t = v1_host();
-        let ids = identities(&t, CgroupVersion::V1, PodDirectory::syncing());
+        let ids = identities(&t, CgroupVersion::V1, PodDirectory::by_hand().0);
         let sys = ids.workload(id(&t.path().join("system.slice"))).unwrap();
         assert_eq!(sys.cgroup, "/system.slice");
         assert_eq!((&sys.pod, &sys.pod_uid, &sys.container, &sys.container_id), (&None, &None, &None, &None));
@@ -285,7 +285,7 @@ mod tests {
     #[test]
     fn dead_cgroups_become_unknown_at_refresh() {
         let t = v1_host();
-        let mut ids = identities(&t, CgroupVersion::V1, PodDirectory::syncing());
+        let mut ids = identities(&t, CgroupVersion::V1, PodDirectory::by_hand().0);
         let dir = t.path().join(format!("kubepods/burstable/pod{UID}/{APP}"));
         let app = id(&dir);
         assert!(ids.workload(app).is_some());
@@ -304,7 +304,7 @@ mod tests {
         std::fs::write(app_dir.join("blkio.throttle.write_bps_device"), "8:0 1048576\n").unwrap();
         std::fs::write(app_dir.join("blkio.throttle.write_iops_device"), "").unwrap();
         std::fs::write(app_dir.join("blkio.throttle.read_bps_device"), "").unwrap();
-        let ids = identities(&t, CgroupVersion::V1, PodDirectory::syncing());
+        let ids = identities(&t, CgroupVersion::V1, PodDirectory::by_hand().0);
         let app = id(&app_dir);
         let l = ids.limits(app, Device::new(8, 0)).unwrap();
         assert_eq!((l.read_iops, l.write_bps, l.write_iops), (Some(500), Some(1_048_576), None));
@@ -322,7 +322,7 @@ mod tests {
         std::fs::create_dir_all(&app_dir).unwrap();
         std::fs::write(app_dir.join("io.max"), "8:0 rbps=max wbps=2097152 riops=max wiops=300\n").unwrap();
         std::fs::write(t.path().join(&rel).join("io.max"), "8:0 garbage\n").unwrap();
-        let ids = identities(&t, CgroupVersion::V2, PodDirectory::syncing());
+        let ids = identities(&t, CgroupVersion::V2, PodDirectory::by_hand().0);
         let l = ids.limits(id(&app_dir), Device::new(8, 0)).unwrap();
         assert_eq!((l.write_bps, l.write_iops, l.read_iops), (Some(2_097_152), Some(300), None));
         // The root has no io.max: nothing throttles it.
@@ -364,7 +364,7 @@ mod tests {
             t.path().display()
         );
         let fs = CgroupFs::from_mountinfo(&mountinfo, Default::default(), |_| String::new()).unwrap();
-        let ids = Identities::new(fs, PodDirectory::syncing()).unwrap();
+        let ids = Identities::new(fs, PodDirectory::by_hand().0).unwrap();
         let w = ids.workload(id(&t.path().join(APP))).unwrap();
         assert_eq!(w.cgroup, format!("/kubepods/besteffort/pod{UID}/{APP}"));
         assert_eq!(w.container_id, Some(APP.parse().unwrap()));
