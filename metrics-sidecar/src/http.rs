@@ -27,13 +27,13 @@ use iogate_api::{
 
 use crate::prometheus::{self, SelfState};
 use crate::report::{map_keys, rfc3339, Assessed};
-use crate::state::Shared;
+use crate::state::SidecarState;
 use crate::window::GroupKey;
 
 const DEFAULT_TOP: usize = 5;
 const MAX_TOP: usize = 1000;
 
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(shared: Arc<SidecarState>) -> Router {
     Router::new()
         .route("/api/v1/metrics", get(all_metrics))
         .route("/api/v1/metrics/pod/{pod}", get(pod_metrics))
@@ -84,7 +84,10 @@ fn pods(assessed: &[Assessed]) -> Vec<&Assessed> {
     assessed.iter().filter(|a| matches!(a.key, GroupKey::Pod { .. })).collect()
 }
 
-async fn all_metrics(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Response {
+async fn all_metrics(
+    State(shared): State<Arc<SidecarState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     if let Err(e) = only_params(&query, &[]) {
         return *e;
     }
@@ -124,7 +127,7 @@ async fn all_metrics(State(shared): State<Arc<Shared>>, Query(query): Query<Hash
 }
 
 async fn pod_metrics(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<SidecarState>>,
     Path(pod): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
@@ -174,7 +177,7 @@ fn slowest<'a>(pods: &[&'a Assessed], n: usize) -> Vec<&'a Assessed> {
     with_latency
 }
 
-async fn top_slow(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Response {
+async fn top_slow(State(shared): State<Arc<SidecarState>>, Query(query): Query<HashMap<String, String>>) -> Response {
     if let Err(e) = only_params(&query, &["limit"]) {
         return *e;
     }
@@ -203,13 +206,13 @@ async fn top_slow(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap
     Json(TopSlowResponse { timestamp: rfc3339(SystemTime::now()), top_slow_pods: top }).into_response()
 }
 
-async fn prometheus_text(State(shared): State<Arc<Shared>>) -> Response {
+async fn prometheus_text(State(shared): State<Arc<SidecarState>>) -> Response {
     let me = SelfState { ebpf_loaded: shared.source.has_latency(), pods_synced: shared.pods().synced };
     let body = prometheus::render(shared.read().frame.as_deref(), me);
     ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], body).into_response()
 }
 
-async fn health(State(shared): State<Arc<Shared>>) -> Response {
+async fn health(State(shared): State<Arc<SidecarState>>) -> Response {
     let timestamp = rfc3339(SystemTime::now());
     if shared.healthy(Instant::now()) {
         Json(HealthResponse { error: None, status: "healthy".into(), timestamp }).into_response()
@@ -223,7 +226,7 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+async fn ready(State(shared): State<Arc<SidecarState>>) -> Response {
     let ready = shared.read().window_seconds > 0.0;
     let degraded = shared.ebpf_error.as_ref().map(|why| {
         format!("eBPF unavailable ({why}); serving IOPS and throughput from cgroup statistics, latency unavailable")
@@ -310,7 +313,7 @@ mod tests {
         let replay = Replay(vec![snapshot(t0, source, 1), snapshot(t0 + Duration::from_secs(1), source, 2)], source);
         let ebpf_error = (source == SourceKind::CgroupStats).then(|| "no BTF".to_string());
         let pods = PodsStatus { mode: "none".into(), synced: false, detail: "no cluster".into() };
-        let shared = Arc::new(Shared::new(Duration::from_secs(1), source, ebpf_error, pods));
+        let shared = Arc::new(SidecarState::new(Duration::from_secs(1), source, ebpf_error, pods));
         let mut sampler = Sampler::new(Box::new(replay), NetworkMajors::default());
         for _ in 0..2 {
             shared.publish(sampler.tick(&table).unwrap());
@@ -429,7 +432,7 @@ mod tests {
         assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
         assert_eq!(get(&app, "/api/v1/health").await.0, StatusCode::OK);
         let pods = PodsStatus { mode: "none".into(), synced: false, detail: String::new() };
-        let idle = router(Arc::new(Shared::new(Duration::from_secs(1), SourceKind::Ebpf, None, pods)));
+        let idle = router(Arc::new(SidecarState::new(Duration::from_secs(1), SourceKind::Ebpf, None, pods)));
         assert_eq!(get(&idle, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE, "no window yet");
         assert_eq!(get(&idle, "/healthz").await.0, StatusCode::SERVICE_UNAVAILABLE, "never ticked");
     }

@@ -6,7 +6,7 @@
 //!    tracepoints, or [`cgroup_stats`], the cgroups' own statistics when
 //!    eBPF cannot load — yields growing counters per cgroup, device and
 //!    direction;
-//! 2. [`frame`]: cgroup ids become containers and pods ([`identity`], from
+//! 2. [`frame`]: cgroup ids become containers and pods ([`host_cgroups`], from
 //!    the hierarchy walk in [`cgroup_tree`], the path rules in iogate-core's
 //!    `cgroup::paths` and the API names in [`pods`]), with the limits in
 //!    force (read by iogate-core's `CgroupFs`), behind the
@@ -31,8 +31,8 @@ pub mod diagnosis;
 pub mod ebpf;
 pub mod frame;
 pub mod history;
+pub mod host_cgroups;
 pub mod http;
-pub mod identity;
 pub mod pods;
 pub mod prometheus;
 pub mod report;

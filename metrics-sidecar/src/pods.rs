@@ -23,13 +23,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
 use futures::StreamExt;
+use iogate_core::cgroup::paths::{ContainerId, PodUid};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
-
-use iogate_core::cgroup::paths::{ContainerId, PodUid};
 
 /// The annotation by which a static pod's mirror names the UID the kubelet
 /// gave the static pod (the one in its cgroup path).

@@ -83,9 +83,9 @@ fn pod_metrics(group: &GroupUsage, window: &Window) -> PodMetrics {
             .containers
             .iter()
             .map(|c| ContainerMetrics {
-                container: c.workload.container.clone(),
-                container_id: c.workload.container_id.as_ref().map(|c| c.to_string()),
-                cgroup: c.workload.cgroup.clone(),
+                container: c.owner.container.clone(),
+                container_id: c.owner.container_id.as_ref().map(|c| c.to_string()),
+                cgroup: c.owner.cgroup.clone(),
                 devices: c
                     .devices
                     .iter()

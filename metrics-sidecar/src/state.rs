@@ -22,7 +22,7 @@ pub struct Published {
 }
 
 #[derive(Debug)]
-pub struct Shared {
+pub struct SidecarState {
     pub interval: Duration,
     pub source: SourceKind,
     /// Why eBPF is not in use (`None` when it is).
@@ -31,9 +31,9 @@ pub struct Shared {
     pub pods: RwLock<PodsStatus>,
 }
 
-impl Shared {
-    pub fn new(interval: Duration, source: SourceKind, ebpf_error: Option<String>, pods: PodsStatus) -> Shared {
-        Shared { interval, source, ebpf_error, published: RwLock::default(), pods: RwLock::new(pods) }
+impl SidecarState {
+    pub fn new(interval: Duration, source: SourceKind, ebpf_error: Option<String>, pods: PodsStatus) -> SidecarState {
+        SidecarState { interval, source, ebpf_error, published: RwLock::default(), pods: RwLock::new(pods) }
     }
 
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Published> {

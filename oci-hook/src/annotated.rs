@@ -1,12 +1,13 @@
-//! Who a container is, read from the annotations each runtime writes into
-//! its spec. containerd's CRI, CRI-O and Podman each use their own keys; a
-//! plain `runc` bundle may carry none, and is then known by its id alone.
+//! A container as the annotations of its spec describe it: the names the
+//! policy matches on, which each runtime writes under its own keys
+//! (containerd's CRI, CRI-O, Podman). A plain `runc` bundle may carry none,
+//! and is then known by its id alone.
 
 use std::collections::HashMap;
 
 /// The fields the policy matches on, owned (the spec is parsed per run).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Identity {
+pub struct AnnotatedContainer {
     pub namespace: String,
     pub pod: String,
     pub container: String,
@@ -21,7 +22,7 @@ fn first(a: &HashMap<String, String>, keys: &[&str]) -> Option<String> {
     keys.iter().find_map(|k| a.get(*k)).cloned()
 }
 
-pub fn identify(container_id: &str, annotations: &HashMap<String, String>) -> Identity {
+pub fn from_annotations(container_id: &str, annotations: &HashMap<String, String>) -> AnnotatedContainer {
     let kind = first(annotations, &["io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType"]);
     let mut merged = HashMap::new();
     // CRI-O keeps the pod's annotations as one JSON object; explicit keys on
@@ -32,7 +33,7 @@ pub fn identify(container_id: &str, annotations: &HashMap<String, String>) -> Id
         }
     }
     merged.extend(annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
-    Identity {
+    AnnotatedContainer {
         namespace: first(annotations, &["io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace"])
             .unwrap_or_default(),
         pod: first(annotations, &["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"]).unwrap_or_default(),
@@ -58,7 +59,7 @@ mod tests {
 
     #[test]
     fn containerd_cri() {
-        let i = identify(
+        let i = from_annotations(
             "abc",
             &ann(&[
                 ("io.kubernetes.cri.container-type", "container"),
@@ -70,12 +71,12 @@ mod tests {
         );
         assert_eq!((i.namespace.as_str(), i.pod.as_str(), i.container.as_str()), ("shop", "web-0", "app"));
         assert!(!i.is_sandbox);
-        assert!(identify("p", &ann(&[("io.kubernetes.cri.container-type", "sandbox")])).is_sandbox);
+        assert!(from_annotations("p", &ann(&[("io.kubernetes.cri.container-type", "sandbox")])).is_sandbox);
     }
 
     #[test]
     fn cri_o_pod_annotations_are_in_scope() {
-        let i = identify(
+        let i = from_annotations(
             "abc",
             &ann(&[
                 ("io.kubernetes.cri-o.ContainerType", "container"),
@@ -92,7 +93,7 @@ mod tests {
 
     #[test]
     fn plain_bundle_is_known_by_its_id() {
-        let i = identify("bench-1", &HashMap::new());
+        let i = from_annotations("bench-1", &HashMap::new());
         assert_eq!(i.container, "bench-1");
         assert_eq!(i.namespace, "");
         assert!(!i.is_sandbox);

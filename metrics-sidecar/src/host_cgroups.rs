@@ -1,8 +1,8 @@
 //! From a [`CgroupId`] to *who*: the cgroup's path, its pod and container
 //! with names when the API knows them, and the block-I/O limits in force.
 //!
-//! [`Identities`] joins three sources: the [`CgroupTree`] (id → path,
-//! rescanned by [`Identities::refresh`] every scrape), the path itself
+//! [`HostCgroups`] joins three sources: the [`CgroupTree`] (id → path,
+//! rescanned by [`HostCgroups::refresh`] every scrape), the path itself
 //! ([`PodCgroup`]: pod UID and container id), and the [`PodDirectory`]
 //! (UID → names). Each can be missing something without the others failing:
 //! without the API, pods are named by UID; without a pod on the path, only
@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::io;
 use std::sync::Mutex;
 
+use iogate_core::cgroup::paths::{ContainerId, PodCgroup, PodUid, QosClass};
 use iogate_core::cgroup::CgroupError;
 use iogate_core::{CgroupFs, Device, Limits};
 use serde::Serialize;
@@ -19,7 +20,6 @@ use serde::Serialize;
 use crate::cgroup_tree::CgroupTree;
 use crate::counters::CgroupId;
 use crate::pods::PodDirectory;
-use iogate_core::cgroup::paths::{ContainerId, PodCgroup, PodUid, QosClass};
 
 /// Who one cgroup's I/O belongs to.
 ///
@@ -30,7 +30,7 @@ use iogate_core::cgroup::paths::{ContainerId, PodCgroup, PodUid, QosClass};
 ///   pod's sandbox ("pause") container, which the API never lists, and for a
 ///   container younger than the pod's last status update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Workload {
+pub struct CgroupOwner {
     /// The cgroup's path in its hierarchy (`/kubepods/burstable/pod…/…`).
     pub cgroup: String,
     pub namespace: Option<String>,
@@ -43,11 +43,11 @@ pub struct Workload {
     pub container_name_from_api: bool,
 }
 
-impl Workload {
+impl CgroupOwner {
     /// A cgroup that belongs to no pod (a system service, the root, a test
     /// cgroup): known only by its path.
-    pub fn outside_pods(cgroup: String) -> Workload {
-        Workload {
+    pub fn outside_pods(cgroup: String) -> CgroupOwner {
+        CgroupOwner {
             cgroup,
             namespace: None,
             pod: None,
@@ -61,14 +61,14 @@ impl Workload {
     }
 
     /// Combines what the path says with what the directory knows.
-    pub fn resolve(cgroup: String, pods: &PodDirectory) -> Workload {
+    pub fn resolve(cgroup: String, pods: &PodDirectory) -> CgroupOwner {
         let Some(parsed) = PodCgroup::parse(&cgroup) else {
-            return Workload::outside_pods(cgroup);
+            return CgroupOwner::outside_pods(cgroup);
         };
         let names = pods.pod(&parsed.pod_uid);
         let api_container =
             names.as_ref().zip(parsed.container_id.as_ref()).and_then(|(n, id)| n.containers.get(id).cloned());
-        Workload {
+        CgroupOwner {
             cgroup,
             namespace: names.as_ref().map(|n| n.namespace.clone()),
             pod: Some(names.as_ref().map_or_else(|| parsed.pod_uid.to_string(), |n| n.name.clone())),
@@ -84,7 +84,7 @@ impl Workload {
 
 /// Everything needed to name cgroups on this host.
 #[derive(Debug)]
-pub struct Identities {
+pub struct HostCgroups {
     fs: CgroupFs,
     tree: CgroupTree,
     pods: PodDirectory,
@@ -93,12 +93,12 @@ pub struct Identities {
     reported: Mutex<HashSet<CgroupId>>,
 }
 
-impl Identities {
+impl HostCgroups {
     /// Scans `fs`'s hierarchy (the one that carries block I/O, from
     /// `CgroupFs::detect`) once.
-    pub fn new(fs: CgroupFs, pods: PodDirectory) -> io::Result<Identities> {
+    pub fn new(fs: CgroupFs, pods: PodDirectory) -> io::Result<HostCgroups> {
         let tree = scan(&fs)?;
-        Ok(Identities { fs, tree, pods, reported: Mutex::new(HashSet::new()) })
+        Ok(HostCgroups { fs, tree, pods, reported: Mutex::new(HashSet::new()) })
     }
 
     /// Rescans the hierarchy: new cgroups become known, dead ones unknown.
@@ -112,9 +112,9 @@ impl Identities {
 
     /// Who the cgroup belongs to; `None` when the id is unknown (a cgroup
     /// that died, or one born since the last refresh).
-    pub fn workload(&self, id: CgroupId) -> Option<Workload> {
+    pub fn owner(&self, id: CgroupId) -> Option<CgroupOwner> {
         let rel = self.tree.path(id)?;
-        Some(Workload::resolve(self.hierarchy_path(rel), &self.pods))
+        Some(CgroupOwner::resolve(self.hierarchy_path(rel), &self.pods))
     }
 
     /// The limits in force on `device` in that cgroup: `Limits::UNLIMITED`
@@ -225,8 +225,8 @@ mod tests {
         t
     }
 
-    fn identities(t: &tempfile::TempDir, version: CgroupVersion, pods: PodDirectory) -> Identities {
-        Identities::new(CgroupFs::new(version, t.path()), pods).unwrap()
+    fn host(t: &tempfile::TempDir, version: CgroupVersion, pods: PodDirectory) -> HostCgroups {
+        HostCgroups::new(CgroupFs::new(version, t.path()), pods).unwrap()
     }
 
     #[test]
@@ -234,11 +234,11 @@ mod tests {
         let t = v1_host();
         let (pods, mut feed) = PodDirectory::by_hand();
         feed.apply(Event::Apply(web_pod()));
-        let ids = identities(&t, CgroupVersion::V1, pods);
-        let app = ids.workload(id(&t.path().join(format!("kubepods/burstable/pod{UID}/{APP}")))).unwrap();
+        let ids = host(&t, CgroupVersion::V1, pods);
+        let app = ids.owner(id(&t.path().join(format!("kubepods/burstable/pod{UID}/{APP}")))).unwrap();
         assert_eq!(
             app,
-            Workload {
+            CgroupOwner {
                 cgroup: format!("/kubepods/burstable/pod{UID}/{APP}"),
                 namespace: Some("shop".into()),
                 pod: Some("web-0".into()),
@@ -251,7 +251,7 @@ mod tests {
             }
         );
         // The sandbox is not in the pod's statuses: named by its id.
-        let pause = ids.workload(id(&t.path().join(format!("kubepods/burstable/pod{UID}/{PAUSE}")))).unwrap();
+        let pause = ids.owner(id(&t.path().join(format!("kubepods/burstable/pod{UID}/{PAUSE}")))).unwrap();
         assert_eq!((pause.pod.as_deref(), pause.container.as_deref()), (Some("web-0"), Some(PAUSE)));
         assert!(pause.pod_name_from_api && !pause.container_name_from_api);
     }
@@ -259,24 +259,24 @@ mod tests {
     #[test]
     fn plain_ids_without_the_api() {
         let t = v1_host();
-        let ids = identities(&t, CgroupVersion::V1, PodDirectory::not_connected("no cluster"));
-        let app = ids.workload(id(&t.path().join(format!("kubepods/burstable/pod{UID}/{APP}")))).unwrap();
+        let ids = host(&t, CgroupVersion::V1, PodDirectory::not_connected("no cluster"));
+        let app = ids.owner(id(&t.path().join(format!("kubepods/burstable/pod{UID}/{APP}")))).unwrap();
         assert_eq!(app.namespace, None);
         assert_eq!(app.pod.as_deref(), Some(UID));
         assert_eq!(app.container.as_deref(), Some(APP));
         assert!(!app.pod_name_from_api && !app.container_name_from_api);
-        let pod = ids.workload(id(&t.path().join(format!("kubepods/burstable/pod{UID}")))).unwrap();
+        let pod = ids.owner(id(&t.path().join(format!("kubepods/burstable/pod{UID}")))).unwrap();
         assert_eq!((pod.pod.as_deref(), pod.container), (Some(UID), None));
     }
 
     #[test]
     fn non_pod_cgroups_carry_only_their_path() {
         let t = v1_host();
-        let ids = identities(&t, CgroupVersion::V1, PodDirectory::by_hand().0);
-        let sys = ids.workload(id(&t.path().join("system.slice"))).unwrap();
+        let ids = host(&t, CgroupVersion::V1, PodDirectory::by_hand().0);
+        let sys = ids.owner(id(&t.path().join("system.slice"))).unwrap();
         assert_eq!(sys.cgroup, "/system.slice");
         assert_eq!((&sys.pod, &sys.pod_uid, &sys.container, &sys.container_id), (&None, &None, &None, &None));
-        assert_eq!(ids.workload(id(t.path())).unwrap().cgroup, "/");
+        assert_eq!(ids.owner(id(t.path())).unwrap().cgroup, "/");
         let json = serde_json::to_value(&sys).unwrap();
         assert_eq!(json["cgroup"], "/system.slice");
         assert!(json["pod"].is_null());
@@ -285,14 +285,14 @@ mod tests {
     #[test]
     fn dead_cgroups_become_unknown_at_refresh() {
         let t = v1_host();
-        let mut ids = identities(&t, CgroupVersion::V1, PodDirectory::by_hand().0);
+        let mut ids = host(&t, CgroupVersion::V1, PodDirectory::by_hand().0);
         let dir = t.path().join(format!("kubepods/burstable/pod{UID}/{APP}"));
         let app = id(&dir);
-        assert!(ids.workload(app).is_some());
+        assert!(ids.owner(app).is_some());
         std::fs::remove_dir(&dir).unwrap();
-        assert!(ids.workload(app).is_some(), "known until the next refresh");
+        assert!(ids.owner(app).is_some(), "known until the next refresh");
         ids.refresh().unwrap();
-        assert_eq!(ids.workload(app), None);
+        assert_eq!(ids.owner(app), None);
         assert_eq!(ids.limits(app, Device::new(8, 0)), None);
     }
 
@@ -304,7 +304,7 @@ mod tests {
         std::fs::write(app_dir.join("blkio.throttle.write_bps_device"), "8:0 1048576\n").unwrap();
         std::fs::write(app_dir.join("blkio.throttle.write_iops_device"), "").unwrap();
         std::fs::write(app_dir.join("blkio.throttle.read_bps_device"), "").unwrap();
-        let ids = identities(&t, CgroupVersion::V1, PodDirectory::by_hand().0);
+        let ids = host(&t, CgroupVersion::V1, PodDirectory::by_hand().0);
         let app = id(&app_dir);
         let l = ids.limits(app, Device::new(8, 0)).unwrap();
         assert_eq!((l.read_iops, l.write_bps, l.write_iops), (Some(500), Some(1_048_576), None));
@@ -322,7 +322,7 @@ mod tests {
         std::fs::create_dir_all(&app_dir).unwrap();
         std::fs::write(app_dir.join("io.max"), "8:0 rbps=max wbps=2097152 riops=max wiops=300\n").unwrap();
         std::fs::write(t.path().join(&rel).join("io.max"), "8:0 garbage\n").unwrap();
-        let ids = identities(&t, CgroupVersion::V2, PodDirectory::by_hand().0);
+        let ids = host(&t, CgroupVersion::V2, PodDirectory::by_hand().0);
         let l = ids.limits(id(&app_dir), Device::new(8, 0)).unwrap();
         assert_eq!((l.write_bps, l.write_iops, l.read_iops), (Some(2_097_152), Some(300), None));
         // The root has no io.max: nothing throttles it.
@@ -332,7 +332,7 @@ mod tests {
         assert_eq!(ids.limits(pod, Device::new(8, 0)), None);
         assert_eq!(ids.limits(pod, Device::new(8, 0)), None);
         assert_eq!(ids.reported.lock().unwrap().len(), 1);
-        let w = ids.workload(id(&app_dir)).unwrap();
+        let w = ids.owner(id(&app_dir)).unwrap();
         assert_eq!((w.pod.as_deref(), w.container.as_deref()), (Some(UID), Some(APP)));
     }
 
@@ -347,10 +347,10 @@ mod tests {
         }
         .unwrap()
         .to_string();
-        let ids = Identities::new(fs.clone(), PodDirectory::not_connected("test")).unwrap();
+        let ids = HostCgroups::new(fs.clone(), PodDirectory::not_connected("test")).unwrap();
         let dir = fs.mount.join(want.trim_start_matches('/'));
         let us = id(&dir);
-        assert_eq!(ids.workload(us).unwrap().cgroup, want);
+        assert_eq!(ids.owner(us).unwrap().cgroup, want);
         assert!(ids.limits(us, Device::new(8, 0)).is_some());
     }
 
@@ -364,10 +364,10 @@ mod tests {
             t.path().display()
         );
         let fs = CgroupFs::from_mountinfo(&mountinfo, Default::default(), |_| String::new()).unwrap();
-        let ids = Identities::new(fs, PodDirectory::by_hand().0).unwrap();
-        let w = ids.workload(id(&t.path().join(APP))).unwrap();
+        let ids = HostCgroups::new(fs, PodDirectory::by_hand().0).unwrap();
+        let w = ids.owner(id(&t.path().join(APP))).unwrap();
         assert_eq!(w.cgroup, format!("/kubepods/besteffort/pod{UID}/{APP}"));
         assert_eq!(w.container_id, Some(APP.parse().unwrap()));
-        assert_eq!(ids.workload(id(t.path())).unwrap().cgroup, format!("/kubepods/besteffort/pod{UID}"));
+        assert_eq!(ids.owner(id(t.path())).unwrap().cgroup, format!("/kubepods/besteffort/pod{UID}"));
     }
 }
