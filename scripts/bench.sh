@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks of iogate's own cost (figures go in the README): see
+# Benchmarks of iogate's own cost (figures go in docs/benchmarks.md): see
 # tools/src/bin/iogate-bench.rs and iogate-sidecar-bench.rs for
 # what each one measures. Arguments pick benchmarks of the first binary.
 set -euo pipefail

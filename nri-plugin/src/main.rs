@@ -20,7 +20,7 @@ usage: iogate-nri-plugin [--config FILE] [--socket PATH] [--name NAME] [--index 
   --config FILE  policy file (TOML); default $IOGATE_CONFIG, else /etc/iogate/config.toml if it exists
   --socket PATH  containerd's NRI socket for an external plugin (default /var/run/nri/nri.sock)
   --name, --index  NRI registration (default iogate, 10)
-Environment: CONTAINER_IOPS_LIMIT, DATA_MOUNT, EXCLUDE_KEYWORDS, CGROUP_VERSION, IOGATE_* (see README);
+Environment: CONTAINER_IOPS_LIMIT, DATA_MOUNT, EXCLUDE_KEYWORDS, CGROUP_VERSION, IOGATE_* (see docs/policy.md);
 IOGATE_LOG (filter, default info), IOGATE_LOG_FILE (log to this file instead of stderr).
 When containerd starts it from its plugin directory, the connection and name come from NRI_PLUGIN_*.";
 
