@@ -334,12 +334,7 @@ mod tests {
     fn loopback_register_configure_synchronize_create() {
         let plugin = Arc::new(IoMaxPlugin::default());
         let stub = Arc::new(Stub::new(plugin.clone()));
-        let (plugin_end, runtime_end) = UnixStream::pair().unwrap();
-        let runtime = FakeRuntime::attach(runtime_end);
-        let serving = {
-            let stub = Arc::clone(&stub);
-            thread::spawn(move || stub.serve_connection(plugin_end, &Registration::new("iogate", "10").unwrap()))
-        };
+        let (runtime, serving) = serve(&stub, FakeRuntime::attach);
 
         let registration = runtime.expect_registration();
         assert_eq!((registration.plugin_name.as_str(), registration.plugin_idx.as_str()), ("iogate", "10"));
@@ -394,12 +389,7 @@ mod tests {
     #[test]
     fn a_hang_up_before_the_registration_reply_ends_the_session_cleanly() {
         let stub = Arc::new(Stub::new(Arc::new(IoMaxPlugin::default())));
-        let (plugin_end, runtime_end) = UnixStream::pair().unwrap();
-        let runtime = FakeRuntime::attach_holding_replies(runtime_end);
-        let serving = {
-            let stub = Arc::clone(&stub);
-            thread::spawn(move || stub.serve_connection(plugin_end, &Registration::new("iogate", "10").unwrap()))
-        };
+        let (runtime, serving) = serve(&stub, FakeRuntime::attach_holding_replies);
         runtime.expect_registration();
         runtime.plugin.configure(&api::ConfigureRequest::default()).unwrap();
         runtime.hang_up();
@@ -411,12 +401,7 @@ mod tests {
     #[test]
     fn a_hang_up_before_configure_is_a_failed_registration() {
         let stub = Arc::new(Stub::new(Arc::new(IoMaxPlugin::default())));
-        let (plugin_end, runtime_end) = UnixStream::pair().unwrap();
-        let runtime = FakeRuntime::attach_holding_replies(runtime_end);
-        let serving = {
-            let stub = Arc::clone(&stub);
-            thread::spawn(move || stub.serve_connection(plugin_end, &Registration::new("iogate", "10").unwrap()))
-        };
+        let (runtime, serving) = serve(&stub, FakeRuntime::attach_holding_replies);
         runtime.expect_registration();
         runtime.hang_up();
         let err = serving.join().unwrap().expect_err("no reply and no Configure: registration failed");
@@ -426,12 +411,7 @@ mod tests {
     #[test]
     fn plugin_errors_reach_the_runtime_verbatim() {
         let stub = Arc::new(Stub::new(Arc::new(IoMaxPlugin::default())));
-        let (plugin_end, runtime_end) = UnixStream::pair().unwrap();
-        let runtime = FakeRuntime::attach(runtime_end);
-        let serving = {
-            let stub = Arc::clone(&stub);
-            thread::spawn(move || stub.serve_connection(plugin_end, &Registration::new("iogate", "10").unwrap()))
-        };
+        let (runtime, serving) = serve(&stub, FakeRuntime::attach);
         runtime.expect_registration();
         // containerd configures a plugin before it sends any event.
         runtime.plugin.configure(&api::ConfigureRequest::default()).unwrap();
@@ -450,14 +430,23 @@ mod tests {
         serving.join().unwrap().unwrap();
     }
 
-    /// Serves `plugin` on one end of a socket pair; the fake runtime has the
-    /// other end and has seen the registration.
-    fn connected(plugin: Arc<dyn Plugin>) -> (FakeRuntime, thread::JoinHandle<Result<(), Error>>) {
-        let stub = Stub::new(plugin);
+    /// Serves one end of a socket pair; `attach` makes the fake runtime on
+    /// the other end.
+    fn serve(
+        stub: &Arc<Stub>,
+        attach: fn(UnixStream) -> FakeRuntime,
+    ) -> (FakeRuntime, thread::JoinHandle<Result<(), Error>>) {
         let (plugin_end, runtime_end) = UnixStream::pair().unwrap();
-        let runtime = FakeRuntime::attach(runtime_end);
+        let runtime = attach(runtime_end);
+        let stub = Arc::clone(stub);
         let serving =
             thread::spawn(move || stub.serve_connection(plugin_end, &Registration::new("iogate", "10").unwrap()));
+        (runtime, serving)
+    }
+
+    /// Serves `plugin`; the fake runtime has seen the registration.
+    fn connected(plugin: Arc<dyn Plugin>) -> (FakeRuntime, thread::JoinHandle<Result<(), Error>>) {
+        let (runtime, serving) = serve(&Arc::new(Stub::new(plugin)), FakeRuntime::attach);
         runtime.expect_registration();
         (runtime, serving)
     }
@@ -543,13 +532,8 @@ mod tests {
     #[test]
     fn stop_closes_a_live_connection() {
         let stub = Arc::new(Stub::new(Arc::new(IoMaxPlugin::default())));
-        let (plugin_end, runtime_end) = UnixStream::pair().unwrap();
-        let runtime = FakeRuntime::attach(runtime_end);
         let stop = stub.stop_handle();
-        let serving = {
-            let stub = Arc::clone(&stub);
-            thread::spawn(move || stub.serve_connection(plugin_end, &Registration::new("iogate", "10").unwrap()))
-        };
+        let (runtime, serving) = serve(&stub, FakeRuntime::attach);
         runtime.expect_registration();
         // The runtime saw the request; the stub attaches once the reply is in.
         let deadline = std::time::Instant::now() + PATIENCE;

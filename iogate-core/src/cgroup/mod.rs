@@ -19,165 +19,24 @@
 //! that differ are written, so running twice changes nothing and the
 //! returned [`Change`] list says exactly what the run did.
 
+mod files;
 pub mod mountinfo;
 pub mod paths;
+mod stat;
 pub mod systemd;
 pub mod v1;
 pub mod v2;
+mod version;
 
 use std::fmt;
-use std::io;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-use thiserror::Error;
+pub use files::CgroupError;
+pub use stat::{Direction, IoStat};
+pub use version::{CgroupMode, CgroupVersion};
 
 use crate::device::{Device, DeviceLimits};
 use crate::limits::{Knob, Limits};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CgroupVersion {
-    V1,
-    V2,
-}
-
-impl fmt::Display for CgroupVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            CgroupVersion::V1 => "v1",
-            CgroupVersion::V2 => "v2",
-        })
-    }
-}
-
-/// The admin's choice: detect, or insist on one version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CgroupMode {
-    #[default]
-    Auto,
-    Only(CgroupVersion),
-}
-
-impl FromStr for CgroupMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "auto" | "" => Ok(CgroupMode::Auto),
-            "v1" | "1" => Ok(CgroupMode::Only(CgroupVersion::V1)),
-            "v2" | "2" => Ok(CgroupMode::Only(CgroupVersion::V2)),
-            _ => Err(format!("expected auto, v1 or v2, found {s:?}")),
-        }
-    }
-}
-
-#[derive(Debug, Error)]
-pub enum CgroupError {
-    #[error("no cgroup hierarchy with the block-I/O controller: expected {expected}, found {found}")]
-    NoIoController { expected: &'static str, found: String },
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("cannot write {value:?} to {path}: {source}")]
-    Write { path: PathBuf, value: String, source: std::io::Error },
-    #[error(
-        "process {pid} has no {version} block-I/O cgroup in {path}: expected a line for {expected}, found {found:?}"
-    )]
-    NoCgroupForPid { pid: u32, version: CgroupVersion, path: PathBuf, expected: &'static str, found: String },
-    #[error(
-        "process {pid}'s cgroup {cgroup} is outside the {version} hierarchy mounted at {mount} (mount root {root})"
-    )]
-    OutsideMount { pid: u32, version: CgroupVersion, cgroup: String, mount: PathBuf, root: String },
-    #[error("{path} line {line_no}: expected {expected}, found {line:?}")]
-    Malformed { path: PathBuf, line_no: usize, line: String, expected: &'static str },
-    #[error("{path} line {line_no}: {device} {what} appears a second time; expected one line per device")]
-    Duplicate { path: PathBuf, line_no: usize, device: Device, what: &'static str },
-    #[error("{path}: expected {expected}, found fewer")]
-    Incomplete { path: PathBuf, expected: &'static str },
-    #[error(
-        "{path} does not exist: on cgroup v2 the io controller must be enabled in the parent's cgroup.subtree_control"
-    )]
-    NoIoMax { path: PathBuf },
-    #[error("process {pid} is in the root {version} cgroup: expected a container's own cgroup; refusing to throttle the whole host")]
-    RootCgroup { pid: u32, version: CgroupVersion },
-}
-
-impl CgroupError {
-    /// Line `index` (0-based) of `path` is not in the `expected` form.
-    pub(crate) fn malformed(path: &Path, index: usize, line: &str, expected: &'static str) -> CgroupError {
-        CgroupError::Malformed { path: path.to_path_buf(), line_no: index + 1, line: line.to_string(), expected }
-    }
-}
-
-/// Read or write. Other operations (flush, discard) move no data and are
-/// not counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Direction {
-    Read,
-    Write,
-}
-
-impl Direction {
-    pub const BOTH: [Direction; 2] = [Direction::Read, Direction::Write];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Direction::Read => "read",
-            Direction::Write => "write",
-        }
-    }
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Requests and bytes of one cgroup on one device since the cgroup was
-/// made, as its block controller counts them (against the request queue,
-/// i.e. whole disks).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IoStat {
-    pub device: Device,
-    pub read_ios: u64,
-    pub read_bytes: u64,
-    pub write_ios: u64,
-    pub write_bytes: u64,
-}
-
-impl IoStat {
-    /// Nothing counted yet.
-    pub fn new(device: Device) -> IoStat {
-        IoStat { device, read_ios: 0, read_bytes: 0, write_ios: 0, write_bytes: 0 }
-    }
-
-    pub fn ios(&self, direction: Direction) -> u64 {
-        match direction {
-            Direction::Read => self.read_ios,
-            Direction::Write => self.write_ios,
-        }
-    }
-
-    pub fn bytes(&self, direction: Direction) -> u64 {
-        match direction {
-            Direction::Read => self.read_bytes,
-            Direction::Write => self.write_bytes,
-        }
-    }
-
-    pub(crate) fn ios_mut(&mut self, direction: Direction) -> &mut u64 {
-        match direction {
-            Direction::Read => &mut self.read_ios,
-            Direction::Write => &mut self.write_ios,
-        }
-    }
-
-    pub(crate) fn bytes_mut(&mut self, direction: Direction) -> &mut u64 {
-        match direction {
-            Direction::Read => &mut self.read_bytes,
-            Direction::Write => &mut self.write_bytes,
-        }
-    }
-}
 
 /// A container's cgroup directory in the hierarchy that carries block I/O.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -394,27 +253,6 @@ impl CgroupFs {
             CgroupVersion::V2 => v2::io::read_stats(&cg.0),
         }
     }
-}
-
-pub(crate) fn read_file(path: &Path) -> Result<String, CgroupError> {
-    std::fs::read_to_string(path).map_err(|source| CgroupError::Read { path: path.to_path_buf(), source })
-}
-
-/// `None` when the file does not exist.
-pub(crate) fn read_optional(path: &Path) -> Result<Option<String>, CgroupError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(CgroupError::Read { path: path.to_path_buf(), source }),
-    }
-}
-
-pub(crate) fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
-    std::fs::write(path, value).map_err(|source| CgroupError::Write {
-        path: path.to_path_buf(),
-        value: value.to_string(),
-        source,
-    })
 }
 
 #[cfg(test)]

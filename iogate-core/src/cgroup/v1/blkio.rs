@@ -11,7 +11,8 @@
 
 use std::path::Path;
 
-use crate::cgroup::{read_file, read_optional, write_file, CgroupError, Direction, IoStat};
+use crate::cgroup::files::{read_file, read_optional, write_file, CgroupError};
+use crate::cgroup::stat::{Direction, IoStat};
 use crate::device::Device;
 use crate::limits::{Knob, Limits};
 

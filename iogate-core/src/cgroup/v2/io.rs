@@ -13,7 +13,8 @@
 
 use std::path::Path;
 
-use crate::cgroup::{read_optional, write_file, CgroupError, IoStat};
+use crate::cgroup::files::{read_optional, write_file, CgroupError};
+use crate::cgroup::stat::IoStat;
 use crate::device::{Device, DeviceLimits};
 
 pub const IO_MAX: &str = "io.max";
