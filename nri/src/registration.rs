@@ -30,7 +30,7 @@ pub enum RegistrationError {
 }
 
 /// A plugin's name and invocation index ("10" runs before "20"), as it
-/// registers with the runtime, which calls the plugin "<index>-<name>".
+/// registers with the runtime, which calls the plugin `<index>-<name>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
     name: String,
