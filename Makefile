@@ -3,6 +3,9 @@
 # on a fresh Debian 12 machine.
 
 CARGO ?= cargo
+# The demo, tests and benchmarks need the real eBPF program: a missing
+# toolchain is a build error, not a stub sidecar (metrics-sidecar/build.rs).
+export IOGATE_BPF ?= require
 
 .PHONY: demo test deps containerd vm build bench
 

@@ -4,6 +4,8 @@
 # one measures. Arguments pick benchmarks of the first binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The sidecar benchmarks measure the real eBPF program, never the stub.
+export IOGATE_BPF="${IOGATE_BPF:-require}"
 
 [ "$(id -u)" -eq 0 ] || { echo "bench: must run as root (containerd, loop devices, eBPF); found uid $(id -u)" >&2; exit 1; }
 

@@ -4,6 +4,9 @@
 # loop devices, cgroup v1 and — for the duration of its test — cgroup v2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The end-to-end tests need the real eBPF program: a missing toolchain is a
+# build error here, not a stub sidecar (see metrics-sidecar/build.rs).
+export IOGATE_BPF="${IOGATE_BPF:-require}"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings

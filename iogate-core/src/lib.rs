@@ -11,7 +11,9 @@
 //! * [`annotations`]: what a pod asks for;
 //! * [`policy`]: the decision for one container — excluded, exempt, or these
 //!   limits on these devices, with every clamp and warning explained;
-//! * [`cgroup`]: reading and writing `blkio.throttle.*` (v1) and `io.max` (v2).
+//! * [`cgroup`]: the block-I/O cgroup files, read and written in one place
+//!   (v1 `blkio.throttle.*`, v2 `io.max`, `io.stat`, `io.pressure`), the
+//!   systemd driver's names, and what a cgroup's path says about its pod.
 //!
 //! Data flows one way: `Config` + resolved `Device`s make a [`policy::Policy`];
 //! a [`policy::ContainerInfo`] goes in, a [`policy::Decision`] comes out; the

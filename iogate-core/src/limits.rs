@@ -25,16 +25,6 @@ impl Knob {
         }
     }
 
-    /// The cgroup v1 file that holds this knob.
-    pub fn v1_file(self) -> &'static str {
-        match self {
-            Knob::ReadIops => "blkio.throttle.read_iops_device",
-            Knob::WriteIops => "blkio.throttle.write_iops_device",
-            Knob::ReadBps => "blkio.throttle.read_bps_device",
-            Knob::WriteBps => "blkio.throttle.write_bps_device",
-        }
-    }
-
     /// The name used in annotations and in the config file (`read-iops`).
     pub fn name(self) -> &'static str {
         match self {
@@ -61,13 +51,14 @@ impl fmt::Display for Knob {
 }
 
 /// Limits for one device; `None` means unlimited for that knob. Serialized
-/// as `{"read_iops": 500, "write_iops": null, ...}` (the sidecar's API).
+/// as `{"read_bps": null, "read_iops": 500, ...}` (the sidecar's API; fields
+/// in alphabetical order, as all of its documents: see `iogate-api`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
-    pub read_iops: Option<u64>,
-    pub write_iops: Option<u64>,
     pub read_bps: Option<u64>,
+    pub read_iops: Option<u64>,
     pub write_bps: Option<u64>,
+    pub write_iops: Option<u64>,
 }
 
 impl Limits {

@@ -1,28 +1,28 @@
 //! Who an I/O counter belongs to, as the rest of the sidecar sees it.
 //!
-//! The sampler only needs two answers per cgroup: which workload it is, and
+//! The sampler only needs two answers per cgroup: who owns it, and
 //! which limits are in force on it. Keeping that behind a trait lets the
 //! window and report code be tested with a table instead of a live host.
 
 use iogate_core::{Device, Limits};
 
 use crate::counters::CgroupId;
-use crate::identity::{Identities, Workload};
+use crate::host_cgroups::{CgroupOwner, HostCgroups};
 
 pub trait Attribution {
     /// `None` for a cgroup that no longer exists (its counters expire).
-    fn workload(&self, id: CgroupId) -> Option<Workload>;
+    fn owner(&self, id: CgroupId) -> Option<CgroupOwner>;
     /// The limits in force on that cgroup for that device; `None` when they
     /// could not be read.
     fn limits(&self, id: CgroupId, device: Device) -> Option<Limits>;
 }
 
-impl Attribution for Identities {
-    fn workload(&self, id: CgroupId) -> Option<Workload> {
-        Identities::workload(self, id)
+impl Attribution for HostCgroups {
+    fn owner(&self, id: CgroupId) -> Option<CgroupOwner> {
+        HostCgroups::owner(self, id)
     }
 
     fn limits(&self, id: CgroupId, device: Device) -> Option<Limits> {
-        Identities::limits(self, id, device)
+        HostCgroups::limits(self, id, device)
     }
 }

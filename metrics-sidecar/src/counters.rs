@@ -17,30 +17,8 @@ use iogate_core::Device;
 /// everything from `2^(BUCKETS-1)` ns (about 34 s) up.
 pub const BUCKETS: usize = 36;
 
-/// Read or write. Other operations (flush, discard) are not counted: they
-/// move no data and would distort IOPS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Direction {
-    Read,
-    Write,
-}
-
-impl Direction {
-    pub const BOTH: [Direction; 2] = [Direction::Read, Direction::Write];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Direction::Read => "read",
-            Direction::Write => "write",
-        }
-    }
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// Read or write, as the cgroup statistics count them too.
+pub use iogate_core::cgroup::Direction;
 
 /// Identifies one cgroup as the kernel does: its kernfs node id, which is
 /// also the inode number of the cgroup's directory in its hierarchy (blkio on
@@ -203,8 +181,8 @@ impl SourceKind {
 
     pub fn name(self) -> &'static str {
         match self {
-            SourceKind::Ebpf => "ebpf",
-            SourceKind::CgroupStats => "cgroup-stats",
+            SourceKind::Ebpf => iogate_api::SOURCE_EBPF,
+            SourceKind::CgroupStats => iogate_api::SOURCE_CGROUP_STATS,
         }
     }
 }

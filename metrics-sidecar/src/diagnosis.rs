@@ -136,7 +136,7 @@ pub fn diagnose(group: &GroupUsage, seconds: f64, latency_available: bool, netwo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::Workload;
+    use crate::host_cgroups::CgroupOwner;
     use crate::window::{ContainerUsage, GroupKey};
 
     fn group(read: IoCounters, limits: Option<Limits>, device: Device) -> GroupUsage {
@@ -144,7 +144,7 @@ mod tests {
         GroupUsage {
             key: GroupKey::Pod { namespace: "ns".into(), name: "p".into() },
             pod_uid: None,
-            containers: vec![ContainerUsage { workload: Workload::outside_pods("/x".into()), devices: vec![usage] }],
+            containers: vec![ContainerUsage { owner: CgroupOwner::outside_pods("/x".into()), devices: vec![usage] }],
             read,
             write: IoCounters::default(),
         }

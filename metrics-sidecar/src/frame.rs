@@ -1,4 +1,4 @@
-//! A snapshot with owners attached: every counter series knows its workload
+//! A snapshot with owners attached: every counter series knows its owner
 //! and the limits in force on it. Frames are cumulative; `window` turns two
 //! of them into rates.
 
@@ -9,13 +9,13 @@ use iogate_core::{Device, Limits};
 
 use crate::attribution::Attribution;
 use crate::counters::{CgroupId, Direction, IoCounters, Snapshot, SourceKind};
-use crate::identity::Workload;
+use crate::host_cgroups::CgroupOwner;
 
 /// One cgroup's counters for one device and direction.
 #[derive(Debug, Clone)]
 pub struct Series {
     pub cgroup: CgroupId,
-    pub workload: Workload,
+    pub owner: CgroupOwner,
     pub device: Device,
     pub direction: Direction,
     pub counters: IoCounters,
@@ -40,37 +40,32 @@ impl Frame {
         let mut removed = Vec::new();
         // A cgroup has a series per device and direction: name it, and read
         // its limit files, once per cgroup (and device), not per series.
-        let mut owners: HashMap<CgroupId, Workload> = HashMap::new();
+        let mut owners: HashMap<CgroupId, CgroupOwner> = HashMap::new();
         let mut limits_of: HashMap<(CgroupId, Device), Option<Limits>> = HashMap::new();
         let mut series: Vec<Series> = snapshot
             .counters
             .into_iter()
             .map(|(key, counters)| {
-                let workload = owners
+                let owner = owners
                     .entry(key.cgroup)
                     .or_insert_with(|| {
                         if key.cgroup == CgroupId::NONE {
-                            return Workload::outside_pods("(no cgroup)".into());
+                            return CgroupOwner::outside_pods("(no cgroup)".into());
                         }
-                        who.workload(key.cgroup).unwrap_or_else(|| {
+                        who.owner(key.cgroup).unwrap_or_else(|| {
                             removed.push(key.cgroup);
-                            Workload::outside_pods(format!("(removed) {}", key.cgroup))
+                            CgroupOwner::outside_pods(format!("(removed) {}", key.cgroup))
                         })
                     })
                     .clone();
                 let limits =
                     *limits_of.entry((key.cgroup, key.device)).or_insert_with(|| who.limits(key.cgroup, key.device));
-                Series { cgroup: key.cgroup, workload, device: key.device, direction: key.direction, counters, limits }
+                Series { cgroup: key.cgroup, owner, device: key.device, direction: key.direction, counters, limits }
             })
             .collect();
         // Stable order: reports and /metrics read the same way every scrape.
         series.sort_by(|a, b| {
-            (&a.workload.cgroup, a.device, a.direction, a.cgroup).cmp(&(
-                &b.workload.cgroup,
-                b.device,
-                b.direction,
-                b.cgroup,
-            ))
+            (&a.owner.cgroup, a.device, a.direction, a.cgroup).cmp(&(&b.owner.cgroup, b.device, b.direction, b.cgroup))
         });
         removed.sort();
         Frame { taken_at: snapshot.taken_at, wall, source: snapshot.source, series, removed }
@@ -86,7 +81,7 @@ pub(crate) mod testing {
     /// A fixed table of owners and limits.
     #[derive(Default)]
     pub struct Table {
-        pub owners: HashMap<CgroupId, Workload>,
+        pub owners: HashMap<CgroupId, CgroupOwner>,
         pub limits: HashMap<(CgroupId, Device), Limits>,
     }
 
@@ -95,7 +90,7 @@ pub(crate) mod testing {
             // Distinct, valid ids derived from the cgroup id.
             let uid = format!("00000000-0000-4000-8000-{:012x}", id);
             let cid = format!("{:064x}", id);
-            let mut w = Workload::outside_pods(format!("/kubepods/pod{uid}/{cid}"));
+            let mut w = CgroupOwner::outside_pods(format!("/kubepods/pod{uid}/{cid}"));
             w.namespace = Some(namespace.into());
             w.pod = Some(pod.into());
             w.pod_uid = Some(uid.parse().expect("valid uid"));
@@ -108,7 +103,7 @@ pub(crate) mod testing {
         }
 
         pub fn cgroup(mut self, id: u64, path: &str) -> Self {
-            self.owners.insert(CgroupId(id), Workload::outside_pods(path.into()));
+            self.owners.insert(CgroupId(id), CgroupOwner::outside_pods(path.into()));
             self
         }
 
@@ -119,7 +114,7 @@ pub(crate) mod testing {
     }
 
     impl Attribution for Table {
-        fn workload(&self, id: CgroupId) -> Option<Workload> {
+        fn owner(&self, id: CgroupId) -> Option<CgroupOwner> {
             self.owners.get(&id).cloned()
         }
 
@@ -152,16 +147,16 @@ mod tests {
         let frame = Frame::attribute(snap, SystemTime::now(), &table);
         assert_eq!(frame.series.len(), 2);
         assert_eq!(frame.removed, vec![CgroupId(9)]);
-        assert!(frame.series.iter().any(|s| s.workload.cgroup == "(removed) 9" && s.counters.ops == 3));
+        assert!(frame.series.iter().any(|s| s.owner.cgroup == "(removed) 9" && s.counters.ops == 3));
     }
 
     /// Counts what the frame asks: limit files are real reads on a host.
     struct Counting(Table, std::cell::Cell<usize>, std::cell::Cell<usize>);
 
     impl Attribution for Counting {
-        fn workload(&self, id: CgroupId) -> Option<Workload> {
+        fn owner(&self, id: CgroupId) -> Option<CgroupOwner> {
             self.1.set(self.1.get() + 1);
-            self.0.workload(id)
+            self.0.owner(id)
         }
 
         fn limits(&self, id: CgroupId, device: Device) -> Option<Limits> {

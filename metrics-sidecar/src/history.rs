@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use iogate_api::Trend;
 
 use crate::window::GroupKey;
 
@@ -25,13 +25,6 @@ const MIN_POINTS_FOR_ANOMALY: usize = 10;
 struct Point {
     at: Instant,
     latency_ns: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Trend {
-    pub direction: &'static str,
-    pub change_percent: f64,
-    pub period: &'static str,
 }
 
 #[derive(Debug, Default)]
@@ -80,7 +73,11 @@ impl History {
         } else {
             "stable"
         };
-        Some(Trend { direction, change_percent: (change * 10.0).round() / 10.0, period: "5m" })
+        Some(Trend {
+            direction: direction.to_string(),
+            change_percent: (change * 10.0).round() / 10.0,
+            period: "5m".to_string(),
+        })
     }
 }
 

@@ -9,7 +9,8 @@
 //! | `GET /healthz`, `GET /api/v1/health` | the sampler is ticking |
 //! | `GET /readyz` | a first window exists; says which source is in use |
 //!
-//! Errors are JSON `{"error": "...", "status": N}` with that status.
+//! The documents are [`iogate_api`]'s. Errors are JSON
+//! `{"error": "...", "status": N}` with that status.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -20,17 +21,19 @@ use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use iogate_api::{
+    ErrorResponse, HealthResponse, MetricsResponse, PodMetrics, PodResponse, ReadyResponse, TopSlowResponse,
+};
 
 use crate::prometheus::{self, SelfState};
 use crate::report::{map_keys, rfc3339, Assessed};
-use crate::state::Shared;
+use crate::state::SidecarState;
 use crate::window::GroupKey;
 
 const DEFAULT_TOP: usize = 5;
 const MAX_TOP: usize = 1000;
 
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(shared: Arc<SidecarState>) -> Router {
     Router::new()
         .route("/api/v1/metrics", get(all_metrics))
         .route("/api/v1/metrics/pod/{pod}", get(pod_metrics))
@@ -45,7 +48,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into(), "status": status.as_u16() }))).into_response()
+    (status, Json(ErrorResponse { error: message.into(), status: status.as_u16() })).into_response()
 }
 
 async fn not_found(uri: Uri) -> Response {
@@ -81,7 +84,10 @@ fn pods(assessed: &[Assessed]) -> Vec<&Assessed> {
     assessed.iter().filter(|a| matches!(a.key, GroupKey::Pod { .. })).collect()
 }
 
-async fn all_metrics(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Response {
+async fn all_metrics(
+    State(shared): State<Arc<SidecarState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     if let Err(e) = only_params(&query, &[]) {
         return *e;
     }
@@ -93,35 +99,35 @@ async fn all_metrics(State(shared): State<Arc<Shared>>, Query(query): Query<Hash
     let mut anomalies = BTreeMap::new();
     for (key, pod) in keys.iter().zip(&pods) {
         pod_metrics.insert(key.clone(), &pod.metrics);
-        bottlenecks.insert(key.clone(), pod.bottleneck.name());
+        bottlenecks.insert(key.clone(), pod.bottleneck.name().to_string());
         anomalies.insert(key.clone(), pod.anomaly);
     }
     let mut cgroup_metrics = BTreeMap::new();
     let mut cgroup_bottlenecks = BTreeMap::new();
     for a in &published.assessed {
         if let GroupKey::Cgroup(path) = &a.key {
-            cgroup_metrics.insert(path.as_str(), &a.metrics);
-            cgroup_bottlenecks.insert(path.as_str(), a.bottleneck.name());
+            cgroup_metrics.insert(path.clone(), &a.metrics);
+            cgroup_bottlenecks.insert(path.clone(), a.bottleneck.name().to_string());
         }
     }
     let top = slowest(&pods, DEFAULT_TOP);
-    Json(json!({
-        "timestamp": rfc3339(SystemTime::now()),
-        "source": shared.source.name(),
-        "latency_available": shared.source.has_latency(),
-        "window_seconds": published.window_seconds,
-        "pod_metrics": pod_metrics,
-        "top_slow_pods": top.iter().map(|a| &a.metrics).collect::<Vec<_>>(),
-        "bottlenecks": bottlenecks,
-        "anomalies": anomalies,
-        "cgroup_metrics": cgroup_metrics,
-        "cgroup_bottlenecks": cgroup_bottlenecks,
-    }))
-    .into_response()
+    let document: MetricsResponse<&PodMetrics> = MetricsResponse {
+        timestamp: rfc3339(SystemTime::now()),
+        source: shared.source.name().to_string(),
+        latency_available: shared.source.has_latency(),
+        window_seconds: published.window_seconds,
+        pod_metrics,
+        top_slow_pods: top.iter().map(|a| &a.metrics).collect(),
+        bottlenecks,
+        anomalies,
+        cgroup_metrics,
+        cgroup_bottlenecks,
+    };
+    Json(document).into_response()
 }
 
 async fn pod_metrics(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<SidecarState>>,
     Path(pod): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
@@ -154,13 +160,13 @@ async fn pod_metrics(
             );
         }
     };
-    Json(json!({
-        "timestamp": rfc3339(SystemTime::now()),
-        "pod_metrics": found.metrics,
-        "bottleneck": found.bottleneck.name(),
-        "anomaly": found.anomaly,
-        "trend": found.trend,
-    }))
+    Json(PodResponse {
+        timestamp: rfc3339(SystemTime::now()),
+        pod_metrics: &found.metrics,
+        bottleneck: found.bottleneck.name().to_string(),
+        anomaly: found.anomaly,
+        trend: found.trend.clone(),
+    })
     .into_response()
 }
 
@@ -171,7 +177,7 @@ fn slowest<'a>(pods: &[&'a Assessed], n: usize) -> Vec<&'a Assessed> {
     with_latency
 }
 
-async fn top_slow(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Response {
+async fn top_slow(State(shared): State<Arc<SidecarState>>, Query(query): Query<HashMap<String, String>>) -> Response {
     if let Err(e) = only_params(&query, &["limit"]) {
         return *e;
     }
@@ -197,40 +203,41 @@ async fn top_slow(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap
     let published = shared.read();
     let pods = pods(&published.assessed);
     let top: Vec<_> = slowest(&pods, limit).into_iter().map(|a| &a.metrics).collect();
-    Json(json!({ "timestamp": rfc3339(SystemTime::now()), "top_slow_pods": top })).into_response()
+    Json(TopSlowResponse { timestamp: rfc3339(SystemTime::now()), top_slow_pods: top }).into_response()
 }
 
-async fn prometheus_text(State(shared): State<Arc<Shared>>) -> Response {
+async fn prometheus_text(State(shared): State<Arc<SidecarState>>) -> Response {
     let me = SelfState { ebpf_loaded: shared.source.has_latency(), pods_synced: shared.pods().synced };
     let body = prometheus::render(shared.read().frame.as_deref(), me);
     ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], body).into_response()
 }
 
-async fn health(State(shared): State<Arc<Shared>>) -> Response {
-    let now = rfc3339(SystemTime::now());
+async fn health(State(shared): State<Arc<SidecarState>>) -> Response {
+    let timestamp = rfc3339(SystemTime::now());
     if shared.healthy(Instant::now()) {
-        Json(json!({ "status": "healthy", "timestamp": now })).into_response()
+        Json(HealthResponse { error: None, status: "healthy".into(), timestamp }).into_response()
     } else {
-        let body = json!({ "status": "unhealthy", "timestamp": now, "error": "the sampler has not ticked recently" });
+        let body = HealthResponse {
+            error: Some("the sampler has not ticked recently".into()),
+            status: "unhealthy".into(),
+            timestamp,
+        };
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }
 
-async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+async fn ready(State(shared): State<Arc<SidecarState>>) -> Response {
     let ready = shared.read().window_seconds > 0.0;
-    let degraded: Value = match &shared.ebpf_error {
-        Some(why) => json!(format!(
-            "eBPF unavailable ({why}); serving IOPS and throughput from cgroup statistics, latency unavailable"
-        )),
-        None => Value::Null,
-    };
-    let body = json!({
-        "ready": ready,
-        "source": shared.source.name(),
-        "latency_available": shared.source.has_latency(),
-        "degraded": degraded,
-        "pods": shared.pods(),
+    let degraded = shared.ebpf_error.as_ref().map(|why| {
+        format!("eBPF unavailable ({why}); serving IOPS and throughput from cgroup statistics, latency unavailable")
     });
+    let body = ReadyResponse {
+        ready,
+        source: shared.source.name().to_string(),
+        latency_available: shared.source.has_latency(),
+        degraded,
+        pods: shared.pods(),
+    };
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }
@@ -244,6 +251,7 @@ mod tests {
     use axum::http::Request;
     use http_body_util::BodyExt;
     use iogate_core::{Device, Limits};
+    use serde_json::{json, Value};
     use tower::ServiceExt;
 
     use super::*;
@@ -304,8 +312,8 @@ mod tests {
         let t0 = Instant::now();
         let replay = Replay(vec![snapshot(t0, source, 1), snapshot(t0 + Duration::from_secs(1), source, 2)], source);
         let ebpf_error = (source == SourceKind::CgroupStats).then(|| "no BTF".to_string());
-        let pods = PodsStatus { mode: "none", synced: false, detail: "no cluster".into() };
-        let shared = Arc::new(Shared::new(Duration::from_secs(1), source, ebpf_error, pods));
+        let pods = PodsStatus { mode: "none".into(), synced: false, detail: "no cluster".into() };
+        let shared = Arc::new(SidecarState::new(Duration::from_secs(1), source, ebpf_error, pods));
         let mut sampler = Sampler::new(Box::new(replay), NetworkMajors::default());
         for _ in 0..2 {
             shared.publish(sampler.tick(&table).unwrap());
@@ -423,8 +431,8 @@ mod tests {
         let app = app(SourceKind::Ebpf).await;
         assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
         assert_eq!(get(&app, "/api/v1/health").await.0, StatusCode::OK);
-        let pods = PodsStatus { mode: "none", synced: false, detail: String::new() };
-        let idle = router(Arc::new(Shared::new(Duration::from_secs(1), SourceKind::Ebpf, None, pods)));
+        let pods = PodsStatus { mode: "none".into(), synced: false, detail: String::new() };
+        let idle = router(Arc::new(SidecarState::new(Duration::from_secs(1), SourceKind::Ebpf, None, pods)));
         assert_eq!(get(&idle, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE, "no window yet");
         assert_eq!(get(&idle, "/healthz").await.0, StatusCode::SERVICE_UNAVAILABLE, "never ticked");
     }

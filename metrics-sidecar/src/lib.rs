@@ -6,10 +6,11 @@
 //!    tracepoints, or [`cgroup_stats`], the cgroups' own statistics when
 //!    eBPF cannot load — yields growing counters per cgroup, device and
 //!    direction;
-//! 2. [`frame`]: cgroup ids become containers and pods ([`identity`], from
-//!    the hierarchy walk in [`cgroup_tree`], the path rules in
-//!    [`cgroup_path`] and the API names in [`pods`]), with the limits in
-//!    force, behind the [`attribution::Attribution`] trait;
+//! 2. [`frame`]: cgroup ids become containers and pods ([`host_cgroups`], from
+//!    the hierarchy walk in [`cgroup_tree`], the path rules in iogate-core's
+//!    `cgroup::paths` and the API names in [`pods`]), with the limits in
+//!    force (read by iogate-core's `CgroupFs`), behind the
+//!    [`attribution::Attribution`] trait;
 //! 3. [`window`]: two frames make usage per pod → container → device
 //!    (each request counted once across [`stacking`]);
 //!    [`report`] turns it into IOEye's fields plus percentiles, judged by
@@ -19,11 +20,10 @@
 //! [`sampler`] runs steps 1–3 once per interval and [`state`] holds what the
 //! handlers read.
 //!
-//! [`view`] is the other end: the `kubectl iogate` plugin, which reads the
-//! REST API of every node's sidecar and shows the cluster's pods together.
+//! The documents are `iogate-api`'s; `kubectl-iogate` reads them from every
+//! node's sidecar.
 
 pub mod attribution;
-pub mod cgroup_path;
 pub mod cgroup_stats;
 pub mod cgroup_tree;
 pub mod counters;
@@ -31,13 +31,12 @@ pub mod diagnosis;
 pub mod ebpf;
 pub mod frame;
 pub mod history;
+pub mod host_cgroups;
 pub mod http;
-pub mod identity;
 pub mod pods;
 pub mod prometheus;
 pub mod report;
 pub mod sampler;
 pub mod stacking;
 pub mod state;
-pub mod view;
 pub mod window;

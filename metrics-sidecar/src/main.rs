@@ -13,10 +13,10 @@ use iogate_metrics_sidecar::cgroup_stats::CgroupStatSource;
 use iogate_metrics_sidecar::counters::{CounterSource, SourceKind};
 use iogate_metrics_sidecar::diagnosis::NetworkMajors;
 use iogate_metrics_sidecar::ebpf::EbpfSource;
-use iogate_metrics_sidecar::identity::Identities;
+use iogate_metrics_sidecar::host_cgroups::HostCgroups;
 use iogate_metrics_sidecar::pods::{DirectoryStatus, PodDirectory};
 use iogate_metrics_sidecar::sampler::Sampler;
-use iogate_metrics_sidecar::state::{PodsStatus, Shared};
+use iogate_metrics_sidecar::state::{PodsStatus, SidecarState};
 
 const USAGE: &str = "\
 usage: iogate-metrics-sidecar [options]
@@ -150,27 +150,27 @@ async fn pod_directory(args: &Args) -> PodDirectory {
 
 fn pods_status(directory: &PodDirectory) -> PodsStatus {
     match directory.status() {
-        DirectoryStatus::NotConnected(why) => PodsStatus { mode: "none", synced: false, detail: why },
+        DirectoryStatus::NotConnected(why) => PodsStatus { mode: "none".into(), synced: false, detail: why },
         DirectoryStatus::Syncing => {
-            PodsStatus { mode: "kubernetes", synced: false, detail: "listing this node's pods".into() }
+            PodsStatus { mode: "kubernetes".into(), synced: false, detail: "listing this node's pods".into() }
         }
-        DirectoryStatus::Synced => PodsStatus { mode: "kubernetes", synced: true, detail: "watching".into() },
+        DirectoryStatus::Synced => PodsStatus { mode: "kubernetes".into(), synced: true, detail: "watching".into() },
     }
 }
 
 /// The sampling loop, on its own thread: reading maps and walking cgroups
 /// is blocking work that must not stall the HTTP handlers.
-fn run_sampler(shared: Arc<Shared>, mut sampler: Sampler, mut identities: Identities) {
+fn run_sampler(shared: Arc<SidecarState>, mut sampler: Sampler, mut cgroups: HostCgroups) {
     let mut next = Instant::now();
     loop {
-        if let Err(e) = identities.refresh() {
+        if let Err(e) = cgroups.refresh() {
             tracing::warn!("rescanning cgroups: {e}; keeping the previous map");
         }
-        match sampler.tick(&identities) {
+        match sampler.tick(&cgroups) {
             Ok(published) => shared.publish(published),
             Err(e) => tracing::warn!("sampling: {e:#}"),
         }
-        shared.set_pods(pods_status(identities.pods()));
+        shared.set_pods(pods_status(cgroups.pods()));
         release_freed_memory();
         next += shared.interval;
         let now = Instant::now();
@@ -187,15 +187,15 @@ async fn run(args: Args) -> Result<()> {
     let kind = source.kind();
     let directory = pod_directory(&args).await;
     let root = fs.mount.clone();
-    let identities = Identities::new(fs, directory.clone())
+    let cgroups = HostCgroups::new(fs, directory.clone())
         .with_context(|| format!("scanning the cgroup hierarchy at {}", root.display()))?;
-    let shared = Arc::new(Shared::new(args.interval, kind, ebpf_error, pods_status(&directory)));
+    let shared = Arc::new(SidecarState::new(args.interval, kind, ebpf_error, pods_status(&directory)));
     let sampler = Sampler::new(source, NetworkMajors::load());
     {
         let shared = shared.clone();
         std::thread::Builder::new()
             .name("sampler".into())
-            .spawn(move || run_sampler(shared, sampler, identities))
+            .spawn(move || run_sampler(shared, sampler, cgroups))
             .context("starting the sampler thread")?;
     }
     let listener =

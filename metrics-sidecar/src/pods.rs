@@ -1,28 +1,34 @@
 //! What the Kubernetes API says about the pods on this node: names for the
 //! UIDs and container ids that cgroup paths carry.
 //!
-//! A [`PodDirectory`] is filled by a `kube` watcher on the node's pods (field
-//! selector `spec.nodeName=<node>`), so it follows changes as they happen
-//! instead of polling. A restarted watch lists everything again; the listed
-//! pods replace the old state atomically at the end of the list (`InitDone`),
-//! which both drops pods deleted while the watch was down and avoids serving
-//! a half-empty directory in between.
+//! A [`PodDirectory`] reads a kube `reflector` store filled by a watcher on
+//! the node's pods (field selector `spec.nodeName=<node>`), so it follows
+//! changes as they happen instead of polling. The store does the relist
+//! bookkeeping: a restarted watch lists everything again, and the listed pods
+//! replace the old ones at once at the end of the list (`InitDone`), which
+//! both drops pods deleted while the watch was down and avoids serving a
+//! half-empty directory in between.
+//!
+//! The store is keyed by namespace and name; cgroup paths carry pod UIDs, so
+//! the directory keeps an index by UID beside it, rebuilt from the store's
+//! state on the first lookup after the watch changed something.
 //!
 //! Without a cluster the directory stays empty and says why
 //! ([`DirectoryStatus::NotConnected`]); callers then name pods by UID.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use iogate_core::cgroup::paths::{ContainerId, PodUid};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
-
-use crate::cgroup_path::{ContainerId, PodUid};
 
 /// The annotation by which a static pod's mirror names the UID the kubelet
 /// gave the static pod (the one in its cgroup path).
@@ -83,33 +89,45 @@ pub enum DirectoryStatus {
     Synced,
 }
 
-#[derive(Debug)]
-struct State {
-    status: DirectoryStatus,
-    pods: HashMap<PodUid, Arc<PodNames>>,
-    /// Pods listed since the last `Init`, swapped in on `InitDone`.
-    relisting: Option<HashMap<PodUid, Arc<PodNames>>>,
-}
-
 /// The node's pods by UID, shared between the watcher and readers.
 #[derive(Debug, Clone)]
 pub struct PodDirectory {
-    state: Arc<RwLock<State>>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// `Err(why)` without a cluster.
+    store: Result<Store<Pod>, String>,
+    /// Counts the events the store has taken, so the index knows when it is
+    /// stale.
+    changes: AtomicU64,
+    synced: AtomicBool,
+    index: Mutex<UidIndex>,
+}
+
+#[derive(Debug, Default)]
+struct UidIndex {
+    /// The value of `changes` the index was built at; `None`: never built.
+    built_at: Option<u64>,
+    pods: HashMap<PodUid, Arc<PodNames>>,
 }
 
 impl PodDirectory {
     /// An empty directory that will never learn names, and why.
     pub fn not_connected(reason: impl Into<String>) -> PodDirectory {
-        PodDirectory::with_status(DirectoryStatus::NotConnected(reason.into()))
+        PodDirectory::with_store(Err(reason.into()))
     }
 
-    /// An empty directory waiting for watcher events (see [`PodDirectory::apply`]).
-    pub fn syncing() -> PodDirectory {
-        PodDirectory::with_status(DirectoryStatus::Syncing)
-    }
-
-    fn with_status(status: DirectoryStatus) -> PodDirectory {
-        PodDirectory { state: Arc::new(RwLock::new(State { status, pods: HashMap::new(), relisting: None })) }
+    fn with_store(store: Result<Store<Pod>, String>) -> PodDirectory {
+        PodDirectory {
+            inner: Arc::new(Inner {
+                store,
+                changes: AtomicU64::new(0),
+                synced: AtomicBool::new(false),
+                index: Mutex::default(),
+            }),
+        }
     }
 
     /// Connects with the usual kube configuration (in-cluster service
@@ -122,17 +140,21 @@ impl PodDirectory {
         let client = Client::try_default()
             .await
             .context("no Kubernetes API configuration (neither in-cluster nor a kubeconfig)")?;
-        let directory = PodDirectory::syncing();
+        let (store, writer) = reflector::store();
+        let directory = PodDirectory::with_store(Ok(store));
         let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
-        let events = watcher::watcher(Api::<Pod>::all(client), config).default_backoff();
+        let events = reflector::reflector(
+            writer,
+            watcher::watcher(Api::<Pod>::all(client), config).default_backoff().modify(prune),
+        );
         let target = directory.clone();
         let node = node_name.to_string();
         let run = async move {
             futures::pin_mut!(events);
             while let Some(event) = events.next().await {
                 match event {
-                    Ok(event) => target.apply(event),
-                    // The backoff retries; the directory keeps its last state.
+                    Ok(event) => target.observe(&event),
+                    // The backoff retries; the store keeps its last state.
                     Err(e) => tracing::warn!("watching pods on node {node}: {e}"),
                 }
             }
@@ -141,67 +163,106 @@ impl PodDirectory {
         Ok((directory, run))
     }
 
-    /// Applies one watcher event.
-    pub fn apply(&self, event: Event<Pod>) {
-        let mut state = self.write();
-        match event {
-            Event::Init => state.relisting = Some(HashMap::new()),
-            Event::InitApply(pod) => {
-                // An InitApply without Init would be a watcher bug; treating
-                // it as an update is the harmless reading.
-                let State { pods, relisting, .. } = &mut *state;
-                insert(relisting.as_mut().unwrap_or(pods), &pod);
-            }
-            Event::InitDone => {
-                if let Some(listed) = state.relisting.take() {
-                    state.pods = listed;
-                }
-                state.status = DirectoryStatus::Synced;
-            }
-            Event::Apply(pod) => insert(&mut state.pods, &pod),
-            Event::Delete(pod) => {
-                if let Some((uids, _)) = PodNames::from_pod(&pod) {
-                    for uid in uids {
-                        state.pods.remove(&uid);
-                    }
-                }
-            }
+    /// Takes note of an event the store has applied.
+    fn observe(&self, event: &Event<Pod>) {
+        self.inner.changes.fetch_add(1, Ordering::Release);
+        if matches!(event, Event::InitDone) {
+            self.inner.synced.store(true, Ordering::Release);
         }
     }
 
     /// The names of the pod whose cgroups carry this UID.
     pub fn pod(&self, uid: &PodUid) -> Option<Arc<PodNames>> {
-        self.read().pods.get(uid).cloned()
+        let store = self.inner.store.as_ref().ok()?;
+        let mut index = self.index();
+        let changes = self.inner.changes.load(Ordering::Acquire);
+        if index.built_at != Some(changes) {
+            index.pods = by_uid(&store.state());
+            index.built_at = Some(changes);
+        }
+        index.pods.get(uid).cloned()
     }
 
     pub fn status(&self) -> DirectoryStatus {
-        self.read().status.clone()
+        match &self.inner.store {
+            Err(why) => DirectoryStatus::NotConnected(why.clone()),
+            Ok(_) if self.is_synced() => DirectoryStatus::Synced,
+            Ok(_) => DirectoryStatus::Syncing,
+        }
     }
 
     /// The first full list has arrived (readiness).
     pub fn is_synced(&self) -> bool {
-        self.read().status == DirectoryStatus::Synced
+        self.inner.synced.load(Ordering::Acquire)
     }
 
-    // A panic while holding the lock leaves a consistent map (every update
-    // is a single insert, remove or swap), so poisoning is not fatal here.
-    fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|p| p.into_inner())
+    // A panic while rebuilding leaves an index that the next lookup
+    // rebuilds (its `built_at` is set last), so poisoning is not fatal here.
+    fn index(&self) -> MutexGuard<'_, UidIndex> {
+        self.inner.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-fn insert(pods: &mut HashMap<PodUid, Arc<PodNames>>, pod: &Pod) {
-    let Some((uids, names)) = PodNames::from_pod(pod) else {
-        tracing::debug!("ignoring pod without a valid UID, namespace or name: {:?}", pod.metadata);
-        return;
-    };
-    let names = Arc::new(names);
-    for uid in uids {
-        pods.insert(uid, names.clone());
+fn by_uid(pods: &[Arc<Pod>]) -> HashMap<PodUid, Arc<PodNames>> {
+    let mut index = HashMap::with_capacity(pods.len());
+    for pod in pods {
+        let Some((uids, names)) = PodNames::from_pod(pod) else {
+            tracing::debug!("ignoring pod without a valid UID, namespace or name: {:?}", pod.metadata);
+            continue;
+        };
+        let names = Arc::new(names);
+        for uid in uids {
+            index.insert(uid, names.clone());
+        }
+    }
+    index
+}
+
+/// Keeps only what [`PodNames::from_pod`] reads, before the store keeps a
+/// copy of every pod: specs, managed fields and most annotations are many
+/// kilobytes per pod, the names a few dozen bytes.
+fn prune(pod: &mut Pod) {
+    pod.spec = None;
+    let meta = &mut pod.metadata;
+    meta.managed_fields = None;
+    meta.labels = None;
+    meta.owner_references = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.retain(|k, _| k == MIRROR_ANNOTATION);
+    }
+    if let Some(status) = pod.status.take() {
+        pod.status = Some(PodStatus {
+            container_statuses: status.container_statuses,
+            init_container_statuses: status.init_container_statuses,
+            ephemeral_container_statuses: status.ephemeral_container_statuses,
+            ..PodStatus::default()
+        });
+    }
+}
+
+/// Feeds a directory by hand, the way the watch does: events go into the
+/// store's writer, then the directory takes note.
+#[cfg(test)]
+pub(crate) struct HandFeed {
+    writer: reflector::store::Writer<Pod>,
+    directory: PodDirectory,
+}
+
+#[cfg(test)]
+impl HandFeed {
+    pub(crate) fn apply(&mut self, event: Event<Pod>) {
+        self.writer.apply_watcher_event(&event);
+        self.directory.observe(&event);
+    }
+}
+
+#[cfg(test)]
+impl PodDirectory {
+    /// A directory waiting for events, and what feeds it.
+    pub(crate) fn by_hand() -> (PodDirectory, HandFeed) {
+        let (store, writer) = reflector::store();
+        let directory = PodDirectory::with_store(Ok(store));
+        (directory.clone(), HandFeed { writer, directory })
     }
 }
 
@@ -280,54 +341,58 @@ mod tests {
 
     #[test]
     fn pods_without_a_valid_uid_or_names_are_ignored() {
-        let d = PodDirectory::syncing();
+        let (d, mut feed) = PodDirectory::by_hand();
         let mut p = pod("web-0-uid", "web-0", vec![]);
-        d.apply(Event::Apply(p.clone()));
+        feed.apply(Event::Apply(p.clone()));
         p.metadata.uid = Some(UID_A.into());
         p.metadata.namespace = None;
-        d.apply(Event::Apply(p));
+        feed.apply(Event::Apply(p));
         assert_eq!(d.pod(&uid(UID_A)), None);
     }
 
     #[test]
     fn initial_list_then_changes() {
-        let d = PodDirectory::syncing();
+        let (d, mut feed) = PodDirectory::by_hand();
         assert!(!d.is_synced());
-        d.apply(Event::Init);
-        d.apply(Event::InitApply(pod(UID_A, "web-0", vec![status("app", Some(format!("containerd://{}", cid(1))))])));
+        feed.apply(Event::Init);
+        feed.apply(Event::InitApply(pod(
+            UID_A,
+            "web-0",
+            vec![status("app", Some(format!("containerd://{}", cid(1))))],
+        )));
         // Listed pods become visible all at once, at InitDone.
         assert_eq!(names(&d, UID_A), None);
         assert!(!d.is_synced());
-        d.apply(Event::InitDone);
+        feed.apply(Event::InitDone);
         assert!(d.is_synced());
         assert_eq!(names(&d, UID_A), Some(("shop/web-0".into(), vec![(cid(1), "app".into())])));
 
         // The container restarts: a new id, the old one kept as last state.
-        d.apply(Event::Apply(pod(UID_A, "web-0", vec![status("app", Some(format!("containerd://{}", cid(2))))])));
+        feed.apply(Event::Apply(pod(UID_A, "web-0", vec![status("app", Some(format!("containerd://{}", cid(2))))])));
         assert_eq!(names(&d, UID_A).unwrap().1, [(cid(2), "app".into())]);
-        d.apply(Event::Apply(pod(UID_B, "web-1", vec![])));
+        feed.apply(Event::Apply(pod(UID_B, "web-1", vec![])));
         assert_eq!(names(&d, UID_B), Some(("shop/web-1".into(), vec![])));
-        d.apply(Event::Delete(pod(UID_A, "web-0", vec![])));
+        feed.apply(Event::Delete(pod(UID_A, "web-0", vec![])));
         assert_eq!(names(&d, UID_A), None);
         assert!(names(&d, UID_B).is_some());
     }
 
     #[test]
     fn a_restarted_watch_replaces_the_state() {
-        let d = PodDirectory::syncing();
-        d.apply(Event::Init);
-        d.apply(Event::InitApply(pod(UID_A, "web-0", vec![])));
-        d.apply(Event::InitApply(pod(UID_B, "web-1", vec![])));
-        d.apply(Event::InitDone);
+        let (d, mut feed) = PodDirectory::by_hand();
+        feed.apply(Event::Init);
+        feed.apply(Event::InitApply(pod(UID_A, "web-0", vec![])));
+        feed.apply(Event::InitApply(pod(UID_B, "web-1", vec![])));
+        feed.apply(Event::InitDone);
 
         // web-0 was deleted while the watch was down: the relist lacks it.
-        d.apply(Event::Init);
-        d.apply(Event::InitApply(pod(UID_B, "web-1-renamed", vec![])));
+        feed.apply(Event::Init);
+        feed.apply(Event::InitApply(pod(UID_B, "web-1-renamed", vec![])));
         // Until the relist is complete, readers keep the previous state.
         assert!(names(&d, UID_A).is_some());
         assert_eq!(names(&d, UID_B).unwrap().0, "shop/web-1");
         assert!(d.is_synced(), "a relist does not make a synced directory unready");
-        d.apply(Event::InitDone);
+        feed.apply(Event::InitDone);
         assert_eq!(names(&d, UID_A), None);
         assert_eq!(names(&d, UID_B).unwrap().0, "shop/web-1-renamed");
     }
@@ -336,11 +401,11 @@ mod tests {
     fn a_mirror_pod_also_answers_for_its_static_pods_uid() {
         let mut p = pod(UID_A, "etcd-node1", vec![status("etcd", Some(format!("containerd://{}", cid(7))))]);
         p.metadata.annotations = Some([(MIRROR_ANNOTATION.to_string(), STATIC.to_string())].into());
-        let d = PodDirectory::syncing();
-        d.apply(Event::Apply(p.clone()));
+        let (d, mut feed) = PodDirectory::by_hand();
+        feed.apply(Event::Apply(p.clone()));
         assert_eq!(names(&d, STATIC).unwrap().0, "shop/etcd-node1");
         assert_eq!(names(&d, UID_A).unwrap().0, "shop/etcd-node1");
-        d.apply(Event::Delete(p));
+        feed.apply(Event::Delete(p));
         assert_eq!(names(&d, STATIC), None);
     }
 
@@ -370,6 +435,25 @@ mod tests {
         watch.abort();
         let e = PodDirectory::connect("").await.err().unwrap().to_string();
         assert_eq!(e, "expected the node's name to select its pods, found an empty name");
+    }
+
+    #[test]
+    fn pruning_keeps_what_the_names_need() {
+        let mut p = pod(UID_A, "etcd-node1", vec![status("etcd", Some(format!("containerd://{}", cid(7))))]);
+        p.metadata.annotations = Some(
+            [
+                (MIRROR_ANNOTATION.to_string(), STATIC.to_string()),
+                ("kubectl.kubernetes.io/last-applied-configuration".to_string(), "{...}".repeat(1000)),
+            ]
+            .into(),
+        );
+        p.spec = Some(Default::default());
+        p.status.as_mut().unwrap().phase = Some("Running".into());
+        let before = PodNames::from_pod(&p);
+        prune(&mut p);
+        assert_eq!(PodNames::from_pod(&p), before);
+        assert!(p.spec.is_none() && p.status.as_ref().unwrap().phase.is_none());
+        assert_eq!(p.metadata.annotations.as_ref().unwrap().len(), 1);
     }
 
     #[test]

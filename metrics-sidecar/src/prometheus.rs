@@ -38,7 +38,7 @@ fn escape(value: &str) -> String {
 }
 
 fn labels(s: &Series) -> String {
-    let w = &s.workload;
+    let w = &s.owner;
     format!(
         "namespace=\"{}\",pod=\"{}\",container=\"{}\",cgroup=\"{}\",device=\"{}\",direction=\"{}\"",
         escape(w.namespace.as_deref().unwrap_or("")),

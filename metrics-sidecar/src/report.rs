@@ -1,6 +1,5 @@
-//! The REST API's documents, with IOEye's field names so existing scripts
-//! keep working, and more beside them (percentiles, per container and
-//! device, the limits in force).
+//! A window's groups as the REST API's pod documents ([`iogate_api`]'s
+//! types), judged: bottleneck, anomaly, trend.
 //!
 //! Latency fields are `null` when latency is unavailable (the cgroup
 //! statistics fallback), never zero: a zero would read as "fast".
@@ -8,70 +7,15 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use iogate_core::Limits;
-use serde::Serialize;
+use iogate_api::{ContainerMetrics, DeviceMetrics, PodMetrics, Trend, KIND_CGROUP, KIND_POD};
 
 use crate::counters::{IoCounters, Log2Histogram};
 use crate::diagnosis::{diagnose, limit_fraction, Bottleneck, NetworkMajors};
-use crate::history::{History, Trend};
+use crate::history::History;
 use crate::window::{GroupKey, GroupUsage, Window};
 
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
-}
-
-/// One pod's (or plain cgroup's) metrics over the last window.
-#[derive(Debug, Clone, Serialize)]
-pub struct PodMetrics {
-    pub pod_name: String,
-    pub namespace: String,
-    pub read_latency_ns: Option<u64>,
-    pub write_latency_ns: Option<u64>,
-    pub read_iops: u64,
-    pub write_iops: u64,
-    pub read_throughput_bps: u64,
-    pub write_throughput_bps: u64,
-    pub queue_latency_ns: Option<u64>,
-    pub disk_latency_ns: Option<u64>,
-    pub timestamp: String,
-    // Beyond IOEye.
-    pub pod_uid: Option<String>,
-    /// `pod`, or `cgroup` for a cgroup that belongs to no pod.
-    pub kind: &'static str,
-    pub latency_available: bool,
-    pub read_latency_p50_ns: Option<u64>,
-    pub read_latency_p95_ns: Option<u64>,
-    pub read_latency_p99_ns: Option<u64>,
-    pub write_latency_p50_ns: Option<u64>,
-    pub write_latency_p95_ns: Option<u64>,
-    pub write_latency_p99_ns: Option<u64>,
-    pub window_seconds: f64,
-    pub containers: Vec<ContainerMetrics>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ContainerMetrics {
-    pub container: Option<String>,
-    pub container_id: Option<String>,
-    pub cgroup: String,
-    pub devices: Vec<DeviceMetrics>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DeviceMetrics {
-    pub device: String,
-    pub read_iops: f64,
-    pub write_iops: f64,
-    pub read_throughput_bps: f64,
-    pub write_throughput_bps: f64,
-    /// The limits in force (`null` knob: unlimited); `null` when they could
-    /// not be read.
-    pub limits: Option<Limits>,
-    /// Usage as a fraction of the tightest limit (0 when unlimited).
-    pub limit_utilization: f64,
-    /// Set when this device only carries the requests of a stacked device
-    /// above it (a loop device's backing disk): left out of the pod's totals.
-    pub lower_layer_of: Option<String>,
 }
 
 /// A pod's metrics with the judgements IOEye puts next to them.
@@ -109,8 +53,8 @@ fn pod_metrics(group: &GroupUsage, window: &Window) -> PodMetrics {
     let mut both = group.read;
     both.add(&group.write);
     let (pod_name, namespace, kind) = match &group.key {
-        GroupKey::Pod { namespace, name } => (name.clone(), namespace.clone(), "pod"),
-        GroupKey::Cgroup(path) => (path.clone(), String::new(), "cgroup"),
+        GroupKey::Pod { namespace, name } => (name.clone(), namespace.clone(), KIND_POD),
+        GroupKey::Cgroup(path) => (path.clone(), String::new(), KIND_CGROUP),
     };
     let rate = |n: u64| window.per_second(n).round() as u64;
     PodMetrics {
@@ -126,7 +70,7 @@ fn pod_metrics(group: &GroupUsage, window: &Window) -> PodMetrics {
         disk_latency_ns: if available { mean(both.disk_ns, both.ops) } else { None },
         timestamp: rfc3339(window.ended),
         pod_uid: group.pod_uid.clone(),
-        kind,
+        kind: kind.to_string(),
         latency_available: available,
         read_latency_p50_ns: quantile(&group.read.total_hist, 0.50, available),
         read_latency_p95_ns: quantile(&group.read.total_hist, 0.95, available),
@@ -139,9 +83,9 @@ fn pod_metrics(group: &GroupUsage, window: &Window) -> PodMetrics {
             .containers
             .iter()
             .map(|c| ContainerMetrics {
-                container: c.workload.container.clone(),
-                container_id: c.workload.container_id.as_ref().map(|c| c.to_string()),
-                cgroup: c.workload.cgroup.clone(),
+                container: c.owner.container.clone(),
+                container_id: c.owner.container_id.as_ref().map(|c| c.to_string()),
+                cgroup: c.owner.cgroup.clone(),
                 devices: c
                     .devices
                     .iter()
@@ -215,7 +159,7 @@ mod tests {
     use std::collections::HashMap;
     use std::time::{Duration, Instant};
 
-    use iogate_core::Device;
+    use iogate_core::{Device, Limits};
 
     use super::*;
     use crate::counters::{CgroupId, Direction, IoKey, Snapshot, SourceKind};

@@ -3,7 +3,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+pub use iogate_api::PodsStatus;
 
 use crate::counters::SourceKind;
 use crate::frame::Frame;
@@ -21,17 +21,8 @@ pub struct Published {
     pub at: Option<Instant>,
 }
 
-/// Where pod names come from, for `/readyz`.
-#[derive(Debug, Clone, Serialize)]
-pub struct PodsStatus {
-    /// `kubernetes` (watching this node's pods) or `none` (ids only).
-    pub mode: &'static str,
-    pub synced: bool,
-    pub detail: String,
-}
-
 #[derive(Debug)]
-pub struct Shared {
+pub struct SidecarState {
     pub interval: Duration,
     pub source: SourceKind,
     /// Why eBPF is not in use (`None` when it is).
@@ -40,9 +31,9 @@ pub struct Shared {
     pub pods: RwLock<PodsStatus>,
 }
 
-impl Shared {
-    pub fn new(interval: Duration, source: SourceKind, ebpf_error: Option<String>, pods: PodsStatus) -> Shared {
-        Shared { interval, source, ebpf_error, published: RwLock::default(), pods: RwLock::new(pods) }
+impl SidecarState {
+    pub fn new(interval: Duration, source: SourceKind, ebpf_error: Option<String>, pods: PodsStatus) -> SidecarState {
+        SidecarState { interval, source, ebpf_error, published: RwLock::default(), pods: RwLock::new(pods) }
     }
 
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Published> {

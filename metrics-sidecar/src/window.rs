@@ -9,7 +9,7 @@ use iogate_core::{Device, Limits};
 
 use crate::counters::{CgroupId, Direction, IoCounters, SourceKind};
 use crate::frame::Frame;
-use crate::identity::Workload;
+use crate::host_cgroups::CgroupOwner;
 use crate::stacking::Stacking;
 
 /// A pod (by namespace and name, the names users query) or a cgroup that
@@ -21,11 +21,11 @@ pub enum GroupKey {
 }
 
 impl GroupKey {
-    pub fn of(workload: &Workload) -> GroupKey {
-        let name = workload.pod.clone().or_else(|| workload.pod_uid.as_ref().map(|u| u.to_string()));
+    pub fn of(owner: &CgroupOwner) -> GroupKey {
+        let name = owner.pod.clone().or_else(|| owner.pod_uid.as_ref().map(|u| u.to_string()));
         match name {
-            Some(name) => GroupKey::Pod { namespace: workload.namespace.clone().unwrap_or_default(), name },
-            None => GroupKey::Cgroup(workload.cgroup.clone()),
+            Some(name) => GroupKey::Pod { namespace: owner.namespace.clone().unwrap_or_default(), name },
+            None => GroupKey::Cgroup(owner.cgroup.clone()),
         }
     }
 }
@@ -44,7 +44,7 @@ pub struct DeviceUsage {
 
 #[derive(Debug, Clone)]
 pub struct ContainerUsage {
-    pub workload: Workload,
+    pub owner: CgroupOwner,
     pub devices: Vec<DeviceUsage>,
 }
 
@@ -91,10 +91,10 @@ impl Window {
             let prev = before.get(&(s.cgroup, s.device, s.direction)).copied().unwrap_or(&zero);
             let delta = s.counters.since(prev);
             let container = groups
-                .entry(GroupKey::of(&s.workload))
+                .entry(GroupKey::of(&s.owner))
                 .or_default()
                 .entry(s.cgroup)
-                .or_insert_with(|| ContainerUsage { workload: s.workload.clone(), devices: Vec::new() });
+                .or_insert_with(|| ContainerUsage { owner: s.owner.clone(), devices: Vec::new() });
             let device = match container.devices.iter_mut().position(|d| d.device == s.device) {
                 Some(i) => &mut container.devices[i],
                 None => {
@@ -131,7 +131,7 @@ impl Window {
                     read.add(&d.read);
                     write.add(&d.write);
                 }
-                let pod_uid = containers.iter().find_map(|c| c.workload.pod_uid.as_ref().map(|u| u.to_string()));
+                let pod_uid = containers.iter().find_map(|c| c.owner.pod_uid.as_ref().map(|u| u.to_string()));
                 GroupUsage { key, pod_uid, containers, read, write }
             })
             .collect();

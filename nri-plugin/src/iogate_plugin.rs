@@ -1,5 +1,5 @@
-//! The NRI plugin surface iogate implements: one method per event, each a
-//! thin call into [`Limiter`].
+//! iogate as an NRI plugin: it handles CreateContainer (and the Synchronize
+//! every plugin gets), each a thin call into [`Admission`].
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -7,50 +7,68 @@ use std::sync::{Arc, RwLock};
 use anyhow::{Context, Result};
 use iogate_core::device::DeviceResolver;
 use iogate_core::{CgroupFs, Config, Device, Policy};
+use nri::{api, CreateContainer, HandlerResult, Plugin, Subscriptions};
 use tracing::info;
 
-use crate::api;
-use crate::limiter::Limiter;
-use crate::stub::Plugin;
-use crate::EventMask;
+use crate::admission::Admission;
 
 pub struct IogatePlugin {
     /// `Err` until a usable policy exists: a pre-registered plugin may get
     /// its config only in `Configure`, so a start-up config that does not
     /// work yet (say, the default `/data` is missing) is kept as the reason.
-    limiter: RwLock<Result<Arc<Limiter>, String>>,
+    admission: RwLock<Result<Arc<Admission>, String>>,
 }
 
 impl IogatePlugin {
-    pub fn new(limiter: Limiter) -> Self {
-        IogatePlugin { limiter: RwLock::new(Ok(Arc::new(limiter))) }
+    pub fn new(admission: Admission) -> Self {
+        IogatePlugin { admission: RwLock::new(Ok(Arc::new(admission))) }
     }
 
     /// A plugin whose policy must still arrive in `Configure`; `reason` says
     /// why the start-up policy was not usable.
     pub fn awaiting_config(reason: String) -> Self {
-        IogatePlugin { limiter: RwLock::new(Err(reason)) }
+        IogatePlugin { admission: RwLock::new(Err(reason)) }
     }
 
-    fn current(&self) -> Result<Arc<Limiter>> {
-        match &*self.limiter.read().unwrap_or_else(|p| p.into_inner()) {
-            Ok(l) => Ok(l.clone()),
+    fn current(&self) -> Result<Arc<Admission>> {
+        match &*self.admission.read().unwrap_or_else(|p| p.into_inner()) {
+            Ok(a) => Ok(a.clone()),
             Err(reason) => anyhow::bail!("iogate has no usable policy: {reason}"),
         }
+    }
+
+    /// A pre-registered plugin gets its config file's text from containerd
+    /// (`<plugin_config_path>/NN-iogate.conf`); when present it replaces the
+    /// policy loaded at start-up, so one file configures both modes.
+    fn reconfigure(&self, req: &api::ConfigureRequest) -> Result<()> {
+        info!(runtime = %req.runtime_name, version = %req.runtime_version, "connected to runtime");
+        if req.config.trim().is_empty() {
+            // Refusing registration is the loud way to say we cannot work.
+            return self.current().map(|_| ());
+        }
+        let origin = PathBuf::from(format!("<config from {} via NRI>", req.runtime_name));
+        let config = Config::from_toml(&req.config, Path::new(&origin), |k| std::env::var(k).ok())?;
+        let admission = build_admission(config)?;
+        *self.admission.write().unwrap_or_else(|p| p.into_inner()) = Ok(Arc::new(admission));
+        Ok(())
+    }
+
+    fn admit(&self, pod: &api::PodSandbox, ctr: &api::Container) -> Result<api::ContainerAdjustment> {
+        self.current()?.create_container(pod, ctr)
     }
 }
 
 /// Everything start-up must check before the plugin registers: a data mount
 /// that does not exist, an unknown cgroup layout or a missing hook binary
 /// stop the plugin with an error instead of leaving containers unthrottled.
-pub fn build_limiter(config: Config) -> Result<Limiter> {
+pub fn build_admission(config: Config) -> Result<Admission> {
     let devices = resolve_devices(&config)?;
     let cgroups = CgroupFs::detect(config.cgroup_mode).context("finding the block-I/O cgroup hierarchy")?;
-    let limiter = Limiter::new(Policy::new(config, devices.clone()), cgroups);
-    limiter.check_hook()?;
+    let admission = Admission::new(Policy::new(config, devices.clone()), cgroups);
+    admission.check_hook()?;
     let list = devices.iter().map(Device::to_string).collect::<Vec<_>>().join(", ");
-    info!(cgroup = %limiter.cgroup_version(), devices = %list, "policy ready");
-    Ok(limiter)
+    info!(cgroup = %admission.cgroup_version(), devices = %list, "policy ready");
+    Ok(admission)
 }
 
 pub fn resolve_devices(config: &Config) -> Result<Vec<Device>> {
@@ -74,23 +92,11 @@ pub fn resolve_devices(config: &Config) -> Result<Vec<Device>> {
 }
 
 impl Plugin for IogatePlugin {
-    fn events(&self) -> EventMask {
-        EventMask::from(api::Event::CREATE_CONTAINER)
-    }
-
-    /// A pre-registered plugin gets its config file's text from containerd
-    /// (`<plugin_config_path>/NN-iogate.conf`); when present it replaces the
-    /// policy loaded at start-up, so one file configures both modes.
-    fn configure(&self, req: &api::ConfigureRequest) -> Result<()> {
-        info!(runtime = %req.runtime_name, version = %req.runtime_version, "connected to runtime");
-        if req.config.trim().is_empty() {
-            // Refusing registration is the loud way to say we cannot work.
-            return self.current().map(|_| ());
-        }
-        let origin = PathBuf::from(format!("<config from {} via NRI>", req.runtime_name));
-        let config = Config::from_toml(&req.config, Path::new(&origin), |k| std::env::var(k).ok())?;
-        let limiter = build_limiter(config)?;
-        *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = Ok(Arc::new(limiter));
+    /// Only CreateContainer: the limits go into the spec of every container
+    /// being created, and running ones are limited once, at Synchronize.
+    fn configure(self: Arc<Self>, req: &api::ConfigureRequest, events: &mut Subscriptions) -> HandlerResult<()> {
+        self.reconfigure(req)?;
+        events.on_create_container(self);
         Ok(())
     }
 
@@ -98,18 +104,20 @@ impl Plugin for IogatePlugin {
         &self,
         pods: &[api::PodSandbox],
         containers: &[api::Container],
-    ) -> Result<Vec<api::ContainerUpdate>> {
+    ) -> HandlerResult<Vec<api::ContainerUpdate>> {
         info!(pods = pods.len(), containers = containers.len(), "synchronizing existing containers");
         self.current()?.synchronize(pods, containers);
         Ok(Vec::new())
     }
+}
 
+impl CreateContainer for IogatePlugin {
     fn create_container(
         &self,
         pod: &api::PodSandbox,
         ctr: &api::Container,
-    ) -> Result<(api::ContainerAdjustment, Vec<api::ContainerUpdate>)> {
-        Ok((self.current()?.create_container(pod, ctr)?, Vec::new()))
+    ) -> HandlerResult<(api::ContainerAdjustment, Vec<api::ContainerUpdate>)> {
+        Ok((self.admit(pod, ctr)?, Vec::new()))
     }
 }
 
@@ -120,10 +128,14 @@ mod tests {
     #[test]
     fn without_a_usable_policy_registration_is_refused_with_the_reason() {
         let p = IogatePlugin::awaiting_config("data mount /data: expected an existing directory".into());
-        let e = p.configure(&api::ConfigureRequest::new()).unwrap_err();
+        let e = p.reconfigure(&api::ConfigureRequest::new()).unwrap_err();
         assert_eq!(format!("{e:#}"), "iogate has no usable policy: data mount /data: expected an existing directory");
-        let e = p.create_container(&api::PodSandbox::new(), &api::Container::new()).unwrap_err();
+        let e = p.admit(&api::PodSandbox::new(), &api::Container::new()).unwrap_err();
         assert!(format!("{e:#}").starts_with("iogate has no usable policy"));
+        let mut events = Subscriptions::default();
+        let refused = Arc::new(p).configure(&api::ConfigureRequest::new(), &mut events).unwrap_err();
+        assert!(refused.to_string().starts_with("iogate has no usable policy"), "{refused}");
+        assert!(events.mask().is_empty(), "a refused configuration subscribes to nothing");
     }
 
     #[test]
@@ -138,7 +150,7 @@ mod tests {
             hook.display(),
             dir.path().display()
         );
-        match p.configure(&req) {
+        match p.reconfigure(&req) {
             Ok(()) => {
                 let mut pod = api::PodSandbox::new();
                 pod.namespace = "shop".into();
@@ -146,6 +158,9 @@ mod tests {
                 ctr.name = "app".into();
                 let (adj, _) = p.create_container(&pod, &ctr).unwrap();
                 assert!(adj.hooks.is_some() || adj.linux.is_some(), "expected limits in {adj:?}");
+                let mut events = Subscriptions::default();
+                Arc::new(p).configure(&req, &mut events).unwrap();
+                assert_eq!(events.mask(), nri::EventMask::from(api::Event::CREATE_CONTAINER));
             }
             // A machine whose temp dir is not on a block device (tmpfs)
             // cannot resolve it; the error must say so.

@@ -12,16 +12,15 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use iogate_core::Config;
-use iogate_nri_plugin::iogate_plugin::{build_limiter, IogatePlugin};
-use iogate_nri_plugin::stub::DEFAULT_SOCKET_PATH;
-use iogate_nri_plugin::{Identity, PreRegistered, Stub};
+use iogate_nri_plugin::iogate_plugin::{build_admission, IogatePlugin};
+use nri::{PreRegistered, Registration, Stub, DEFAULT_SOCKET_PATH};
 
 const USAGE: &str = "\
 usage: iogate-nri-plugin [--config FILE] [--socket PATH] [--name NAME] [--index NN]
   --config FILE  policy file (TOML); default $IOGATE_CONFIG, else /etc/iogate/config.toml if it exists
   --socket PATH  containerd's NRI socket for an external plugin (default /var/run/nri/nri.sock)
   --name, --index  NRI registration (default iogate, 10)
-Environment: CONTAINER_IOPS_LIMIT, DATA_MOUNT, EXCLUDE_KEYWORDS, CGROUP_VERSION, IOGATE_* (see README);
+Environment: CONTAINER_IOPS_LIMIT, DATA_MOUNT, EXCLUDE_KEYWORDS, CGROUP_VERSION, IOGATE_* (see docs/policy.md);
 IOGATE_LOG (filter, default info), IOGATE_LOG_FILE (log to this file instead of stderr).
 When containerd starts it from its plugin directory, the connection and name come from NRI_PLUGIN_*.";
 
@@ -65,22 +64,26 @@ fn run() -> Result<()> {
     let config = Config::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
     match PreRegistered::from_env()? {
         Some(launched) => {
-            tracing::info!(name = launched.identity.name(), index = launched.identity.index(), "started by containerd");
+            tracing::info!(
+                name = launched.registration.name(),
+                index = launched.registration.index(),
+                "started by containerd"
+            );
             // containerd may still hand us the policy in Configure.
-            let plugin = match build_limiter(config) {
-                Ok(limiter) => IogatePlugin::new(limiter),
+            let plugin = match build_admission(config) {
+                Ok(admission) => IogatePlugin::new(admission),
                 Err(e) => {
                     tracing::warn!("start-up policy not usable, expecting one from containerd: {e:#}");
                     IogatePlugin::awaiting_config(format!("{e:#}"))
                 }
             };
-            Stub::new(Arc::new(plugin)).run_pre_registered(launched)
+            Ok(Stub::new(Arc::new(plugin)).run_pre_registered(launched)?)
         }
         None => {
-            let stub = Stub::new(Arc::new(IogatePlugin::new(build_limiter(config)?)));
-            let identity = Identity::new(&args.name, &args.index)?;
+            let stub = Stub::new(Arc::new(IogatePlugin::new(build_admission(config)?)));
+            let registration = Registration::new(&args.name, &args.index)?;
             tracing::info!(socket = %args.socket.display(), "connecting to containerd as an external plugin");
-            stub.run_external(&args.socket, &identity)
+            Ok(stub.run_external(&args.socket, &registration)?)
         }
     }
 }

@@ -10,8 +10,8 @@
 //! `--log`), and the container runs. `--strict` turns every error into a
 //! refusal, which the runtime reports to the user.
 
+mod annotated;
 mod cli;
-mod identity;
 mod input;
 
 use std::io::Write;
@@ -84,7 +84,7 @@ fn run(opts: &Options, stdin: impl std::io::Read, strict: &mut bool) -> Result<S
             *strict = config.strict;
             let spec = input::read_spec(&state)?;
             let annotations = spec.annotations().clone().unwrap_or_default();
-            let who = identity::identify(state.id(), &annotations);
+            let who = annotated::from_annotations(state.id(), &annotations);
             let info = ContainerInfo {
                 namespace: &who.namespace,
                 pod: &who.pod,

@@ -17,7 +17,12 @@ use maps::{RawKey, RawStats, STATS_MAP, UNTRACKED_MAP};
 use probe::Probes;
 pub use probe::{ProbeError, Tracepoint};
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/iogate.bpf.o"));
+/// The program `build.rs` compiled, or why this build has none (a stub
+/// build, made without the eBPF toolchain).
+#[cfg(not(iogate_bpf_stub))]
+const OBJECT: Result<&[u8], &str> = Ok(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/iogate.bpf.o")));
+#[cfg(iogate_bpf_stub)]
+const OBJECT: Result<&[u8], &str> = Err(env!("IOGATE_BPF_STUB_REASON"));
 
 /// How often the programs ran and how long they took in total, summed over
 /// the three of them. Counted only while BPF run-time statistics are on
@@ -52,11 +57,17 @@ pub struct EbpfSource {
 impl EbpfSource {
     /// Loads the programs into the kernel and attaches them.
     pub fn load() -> Result<EbpfSource> {
+        let object = OBJECT.map_err(|why| {
+            anyhow::anyhow!(
+                "this sidecar was built without its eBPF program ({why}); expected a build with clang, the libbpf \
+                 headers and kernel BTF (see metrics-sidecar/build.rs)"
+            )
+        })?;
         let btf = Btf::from_sys_fs().context("reading kernel BTF from /sys/kernel/btf/vmlinux")?;
         // One parse of the kernel's BTF (megabytes) for both the object's
         // CO-RE relocations and the programs' attach targets.
         let mut ebpf =
-            EbpfLoader::new().btf(Some(&btf)).load(OBJECT).context("loading the eBPF object (maps and relocations)")?;
+            EbpfLoader::new().btf(Some(&btf)).load(object).context("loading the eBPF object (maps and relocations)")?;
         let mut probes = Probes::load(&mut ebpf, &btf)?;
         probes.attach(&mut ebpf)?;
         Ok(EbpfSource { ebpf, probes, run_stats_fd: None })

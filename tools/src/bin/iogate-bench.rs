@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use iogate_core::{CgroupFs, CgroupVersion, Config, Device, Policy};
+use iogate_nri_plugin::admission::Admission;
 use iogate_nri_plugin::api;
-use iogate_nri_plugin::limiter::Limiter;
 use iogate_testbed::containerd_daemon::Version;
 use iogate_testbed::cri_client::ContainerSpec;
 use iogate_testbed::host_lock::HostLock;
@@ -35,7 +35,7 @@ fn summary(mut v: Vec<Duration>) -> (Duration, Duration) {
 
 fn bench_policy() -> Result<()> {
     let config = Config { exempt_namespaces: vec!["trusted".into()], ..Config::default() };
-    let limiter = Limiter::new(
+    let admission = Admission::new(
         Policy::new(config, vec![Device::new(8, 0)]),
         CgroupFs::new(CgroupVersion::V1, "/sys/fs/cgroup/blkio"),
     );
@@ -54,7 +54,7 @@ fn bench_policy() -> Result<()> {
     for _ in 0..30 {
         let t = Instant::now();
         for _ in 0..batch {
-            std::hint::black_box(limiter.create_container(&pod, &ctr)?);
+            std::hint::black_box(admission.create_container(&pod, &ctr)?);
         }
         per_call.push(t.elapsed() / batch);
     }
