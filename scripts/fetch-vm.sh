@@ -224,6 +224,8 @@ Environment=IOGATE_REPO_ROOT=/opt/iogate
 # One containerd root per version for the whole boot: the test image is
 # imported and unpacked once, not by every check (testbed's shared_root).
 Environment=IOGATE_TEST_CONTAINERD_ROOTS=/var/tmp/containerd-roots
+# /var/tmp is the scratch disk, kept from one kernel's boot to the next.
+Environment=IOGATE_TEST_IMAGE_DIR=/var/tmp/test-image
 ExecStart=/opt/iogate/target/debug/iogate-vm-agent /dev/ttyS1
 # A failed agent powers the node off: the host test then says why (the
 # console log holds the agent's output).

@@ -6,10 +6,10 @@
 use iogate_core::CgroupVersion;
 use iogate_testbed::containerd_daemon::{CgroupDriver, Version};
 use iogate_testbed::host_lock::HostLock;
+use iogate_testbed::require_root;
 use iogate_testbed::scenarios::policy::{full_suite, limits, limits_of_new, POLICY};
 use iogate_testbed::scenarios::writeback::buffered_writes_escape_on_v1;
 use iogate_testbed::scenarios::Notes;
-use iogate_testbed::require_root;
 use iogate_testbed::stack::{PluginMode, Stack, StackOptions};
 
 fn host_v1(lock: &HostLock) -> &HostLock {
@@ -69,7 +69,8 @@ fn pre_registered_plugin() {
 fn base_runtime_spec_hook_without_nri() {
     require_root();
     let lock = HostLock::acquire().unwrap();
-    let opts = StackOptions { plugin: PluginMode::BaseRuntimeSpecHook, ..StackOptions::external(Version::V1_7, POLICY) };
+    let opts =
+        StackOptions { plugin: PluginMode::BaseRuntimeSpecHook, ..StackOptions::external(Version::V1_7, POLICY) };
     let mut stack = Stack::start(&lock, opts).unwrap();
     let got = limits_of_new(&mut stack, "shop", "legacy", "app", &[("iogate.io/write-iops", "90")]);
     assert_eq!(got, limits(100, 90), "base runtime spec hook");

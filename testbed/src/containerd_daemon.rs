@@ -141,8 +141,7 @@ impl Containerd {
                 std::fs::write(d.join("nri-conf").join(format!("{name}.conf")), text)?;
             }
         }
-        let mut config =
-            render_config(opts.version, opts.cgroup_driver, d, &root, &opts.sandbox_image, &runc_path()?);
+        let mut config = render_config(opts.version, opts.cgroup_driver, d, &root, &opts.sandbox_image, &runc_path()?);
         if let Some(spec) = &opts.base_runtime_spec {
             // Keys of the runc runtime table, the same in both config versions.
             let runtime_table = "runtime_type = \"io.containerd.runc.v2\"\n";

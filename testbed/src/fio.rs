@@ -139,6 +139,21 @@ impl Measured {
     }
 }
 
+impl Measured {
+    /// The mean of every second after the first: the rate the run held
+    /// once under way. (The first second is judged on its own: it shows
+    /// whether the container was throttled from its start, and on a slow
+    /// machine it also holds the time a freshly started fio takes to page
+    /// itself in.)
+    pub fn steady_iops(&self) -> f64 {
+        match &self.per_second[..] {
+            [] => self.iops,
+            [only] => *only,
+            [_, rest @ ..] => rest.iter().sum::<f64>() / rest.len() as f64,
+        }
+    }
+}
+
 /// `measured` within `pct` percent of `target`.
 pub fn within(measured: f64, target: f64, pct: f64) -> bool {
     (measured - target).abs() <= target * pct / 100.0
@@ -161,6 +176,7 @@ mod tests {
         let m = Measured::read(&job, d.path()).unwrap();
         assert_eq!(m.iops, 201.5);
         assert_eq!(m.per_second, vec![205.0, 199.0]);
+        assert_eq!(m.steady_iops(), 199.0);
         assert!(within(m.iops, 200.0, 10.0) && !within(250.0, 200.0, 10.0));
         std::fs::write(d.path().join("j_iops.1.log"), "garbage\n").unwrap();
         let e = format!("{:#}", Measured::read(&job, d.path()).unwrap_err());

@@ -12,8 +12,8 @@ pub mod loop_disk;
 pub mod oci_image;
 pub mod process;
 pub mod runc_bundle;
-pub mod sidecar;
 pub mod scenarios;
+pub mod sidecar;
 pub mod stack;
 pub mod vm;
 

@@ -176,9 +176,14 @@ pub fn build_test_image(dest_dir: &Path) -> Result<TestImage> {
     Ok(image)
 }
 
-/// Where tests keep the image between runs: `<repo>/.cache/test-image`.
+/// Where tests keep the image between runs: `<repo>/.cache/test-image`, or
+/// `IOGATE_TEST_IMAGE_DIR` (the node VM keeps it on its scratch disk, which
+/// outlives a boot).
 pub fn default_image_dir() -> PathBuf {
-    crate::repo_root().join(".cache/test-image")
+    match std::env::var_os("IOGATE_TEST_IMAGE_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => crate::repo_root().join(".cache/test-image"),
+    }
 }
 
 #[cfg(test)]

@@ -44,7 +44,8 @@ fn main() -> ExitCode {
 }
 
 fn serve(port: &Path) -> Result<()> {
-    let file = OpenOptions::new().read(true).write(true).open(port).with_context(|| format!("opening {}", port.display()))?;
+    let file =
+        OpenOptions::new().read(true).write(true).open(port).with_context(|| format!("opening {}", port.display()))?;
     raw_mode(&file).with_context(|| format!("setting {} to raw mode", port.display()))?;
     let mut out = file.try_clone()?;
     let input = BufReader::new(file);
@@ -126,17 +127,29 @@ fn prepare_node() -> Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    // Fully initialised now rather than by a kernel thread later, whose
-    // writes would compete with what the checks measure; one inode per MiB
-    // keeps that quick on a 16 GiB disk under emulation.
-    run(Command::new("mkfs.ext4").args(["-q", "-F", "-i", "1048576", "-E", "lazy_itable_init=0,lazy_journal_init=0", SCRATCH]))?;
     std::fs::create_dir_all("/var/tmp")?;
-    run(Command::new("mount").args([SCRATCH, "/var/tmp"]))?;
+    // The disk outlives the boot: formatted by the first one only.
+    if run(Command::new("mount").args([SCRATCH, "/var/tmp"])).is_err() {
+        // Fully initialised now rather than by a kernel thread later, whose
+        // writes would compete with what the checks measure; one inode per
+        // MiB keeps that quick on a 16 GiB disk under emulation.
+        run(Command::new("mkfs.ext4").args([
+            "-q",
+            "-F",
+            "-i",
+            "1048576",
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+            SCRATCH,
+        ]))?;
+        run(Command::new("mount").args([SCRATCH, "/var/tmp"]))?;
+    }
     Ok(())
 }
 
 fn hello() -> Result<Hello> {
-    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).with_context(|| format!("reading {p}"));
+    let read =
+        |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).with_context(|| format!("reading {p}"));
     let uptime: f64 = read("/proc/uptime")?
         .split_whitespace()
         .next()

@@ -2,7 +2,7 @@
 //! fallback says why not), and a pod's I/O is charged to the pod, counted
 //! within 5% of what fio did.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::policy::limits;
 use super::Notes;
@@ -19,10 +19,9 @@ pub fn pod_attributed(stack: &mut Stack, notes: &mut Notes) {
     let kernel = kernel.trim();
     match ready["source"].as_str() {
         Some("ebpf") => notes.note(format!("kernel {kernel}: the eBPF program loaded")),
-        other => notes.note(format!(
-            "kernel {kernel}: eBPF did NOT load, the sidecar uses {other:?}: {}",
-            ready["degraded"]
-        )),
+        other => {
+            notes.note(format!("kernel {kernel}: eBPF did NOT load, the sidecar uses {other:?}: {}", ready["degraded"]))
+        }
     }
 
     let spec = stack.pod_spec("shop", "counted", &[]);
@@ -35,10 +34,21 @@ pub fn pod_attributed(stack: &mut Stack, notes: &mut Notes) {
         sum(&m, "iogate_io_requests_total", &[("pod", &spec.uid), ("device", &device), ("direction", "read")])
     };
     let before = counted(&sidecar);
-    let run = stack.run(&spec, "fio", job.command(DATA_IN_CONTAINER), &data).unwrap();
+    // The container stays up after fio: the sidecar forgets a cgroup once
+    // it is gone, and the count is read from the live one.
+    let fio = job.command(DATA_IN_CONTAINER).join(" ");
+    let script = format!("{fio}; echo $? > {DATA_IN_CONTAINER}/fio.rc; exec sleep 600");
+    let run = stack.run(&spec, "fio", vec!["/bin/sh".into(), "-c".into(), script], &data).unwrap();
     assert_eq!(stack.limits_of(run.pid).unwrap(), limits(100, 100));
-    let code = stack.cri().wait_exit(&run.container_id, Duration::from_secs(120)).unwrap();
-    assert_eq!(code, 0, "fio failed: {}", stack.cri().logs(&run.pod, "fio"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let rc = loop {
+        if let Ok(rc) = std::fs::read_to_string(data.join("fio.rc")) {
+            break rc;
+        }
+        assert!(Instant::now() < deadline, "fio did not finish within 120 s: {}", stack.cri().logs(&run.pod, "fio"));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(rc.trim(), "0", "fio failed: {}", stack.cri().logs(&run.pod, "fio"));
     sidecar.wait_windows(2);
     let seen = counted(&sidecar) - before;
     let fio = read_json(&data.join("fio.json")).unwrap();

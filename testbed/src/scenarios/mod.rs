@@ -52,6 +52,9 @@ pub enum Check {
     /// containerd starts and answers CRI, the plugin connects, the first
     /// pod is limited: how long that takes on the booted node.
     ContainerdReady,
+    /// The default limits in a fio pod's cgroup from its first I/O
+    /// ([`policy::first_io`]).
+    FirstIo,
     /// The policy's behaviours that touch cgroups ([`policy::Scope::Cgroups`]),
     /// or all of them ([`policy::Scope::Everything`], the host's suite).
     Policy(policy::Scope),
@@ -73,8 +76,11 @@ impl Check {
     pub fn test_name(self) -> &'static str {
         match self {
             Check::ContainerdReady => "boots_to_a_ready_containerd",
+            Check::FirstIo => "limits_from_the_first_io",
             Check::Policy(policy::Scope::Everything) => "whole_policy_suite",
-            Check::Policy(policy::Scope::Cgroups) => "limits_from_the_first_io_annotations_ceilings_restart_synchronize",
+            Check::Policy(policy::Scope::Cgroups) => {
+                "limits_from_the_first_io_annotations_ceilings_restart_synchronize"
+            }
             Check::BufferedWrites => "buffered_writes_held_to_the_write_limit",
             Check::LimitsHold => "limits_survive_daemon_reload_and_containerd_restart",
             Check::SeveralDevices => "several_devices_limited_through_the_hook",
@@ -145,6 +151,7 @@ impl Scenario {
         let stack = stacks.get(lock, self, notes);
         match self.check {
             Check::ContainerdReady => policy::first_pod_limited(stack, notes),
+            Check::FirstIo => policy::first_io(stack, notes),
             Check::Policy(scope) => policy::suite_on(stack, scope, notes),
             Check::BufferedWrites => writeback::buffered_writes_held(stack, notes),
             Check::LimitsHold => holding::limits_survive_reload_and_restart(stack, notes),

@@ -32,10 +32,10 @@ const SIZE_MIB: u64 = 24;
 /// What one buffered write run took.
 #[derive(Debug, Clone)]
 pub struct BufferedRun {
-    /// From fio's start (the container's first step) to its exit.
+    /// From fio's first write to its exit.
     pub fio_seconds: f64,
-    /// From fio's start until a sync of the data filesystem returned: the
-    /// data is on the disk.
+    /// From fio's first write until a sync of the data filesystem
+    /// returned: the data is on the disk.
     pub on_disk_seconds: f64,
     /// Bytes the device wrote meanwhile (`/proc/diskstats`).
     pub device_bytes: u64,
@@ -54,16 +54,18 @@ impl BufferedRun {
 /// fio's buffered job; the container then stays up (sleeping), as a real
 /// writer's would, so its cgroup is alive while its pages are written back.
 fn fio_command(fsync: bool) -> Vec<String> {
+    // No preallocation: the file grows with fio's first write, which is
+    // when the host starts its clock (fio takes seconds to start under
+    // emulation, and that is not the disk's time).
     let mut fio = format!(
         "fio --name=buffered --filename={DATA_IN_CONTAINER}/buffered.dat --rw=write --bs=1M --direct=0 \
-         --ioengine=psync --size={SIZE_MIB}M --output-format=json --output={DATA_IN_CONTAINER}/buffered.json"
+         --ioengine=psync --fallocate=none --size={SIZE_MIB}M --output-format=json \
+         --output={DATA_IN_CONTAINER}/buffered.json"
     );
     if fsync {
         fio.push_str(" --end_fsync=1");
     }
-    // The marker starts the host's clock: creating the pod takes longer than
-    // the run under emulation and must not count.
-    let script = format!(": > {DATA_IN_CONTAINER}/started; {fio}; echo $? > {DATA_IN_CONTAINER}/fio.rc; exec sleep 600");
+    let script = format!("{fio}; echo $? > {DATA_IN_CONTAINER}/fio.rc; exec sleep 600");
     vec!["/bin/sh".into(), "-c".into(), script]
 }
 
@@ -78,16 +80,19 @@ pub fn run_buffered(stack: &mut Stack, name: &str, fsync: bool) -> BufferedRun {
     let before = diskstats(device).unwrap()[1].1;
     let run = stack.run(&spec, "fio", fio_command(fsync), &data).unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
-    let wait_for = |file: &str| loop {
-        if let Ok(text) = std::fs::read_to_string(data.join(file)) {
+    let target = data.join("buffered.dat");
+    while std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "fio wrote nothing to {} within 300 s", target.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let started = Instant::now();
+    let rc = loop {
+        if let Ok(text) = std::fs::read_to_string(data.join("fio.rc")) {
             break text;
         }
-        assert!(Instant::now() < deadline, "no {file} from the fio container within 300 s");
+        assert!(Instant::now() < deadline, "fio did not finish within 300 s");
         std::thread::sleep(Duration::from_millis(10));
     };
-    wait_for("started");
-    let started = Instant::now();
-    let rc = wait_for("fio.rc");
     let fio_seconds = started.elapsed().as_secs_f64();
     assert_eq!(rc.trim(), "0", "buffered fio failed: {}", stack.cri().logs(&run.pod, "fio"));
     sync_fs(&data);
@@ -193,7 +198,9 @@ fn writes_by_owner(sidecar: &Sidecar, device: Device, uid: &str) -> (f64, f64) {
     let outside = m
         .iter()
         .filter(|s| s.name == "iogate_io_bytes_total")
-        .filter(|s| s.labels.get("device") == Some(&dev) && s.labels.get("direction").map(String::as_str) == Some("write"))
+        .filter(|s| {
+            s.labels.get("device") == Some(&dev) && s.labels.get("direction").map(String::as_str) == Some("write")
+        })
         .filter(|s| s.labels.get("pod").is_none_or(|p| p.is_empty()))
         .map(|s| s.value)
         .sum::<f64>();

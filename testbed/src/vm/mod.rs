@@ -33,6 +33,27 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 pub use payload::Payload;
+
+/// The guest's `/var/tmp`: a virtio disk that outlives a boot, so that the
+/// next kernel's boot finds the test image built and imported (a minute of
+/// emulated hashing and unpacking) where the last one left it. The guest
+/// formats it on first use.
+pub struct ScratchDisk {
+    image: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ScratchDisk {
+    pub fn new() -> Result<ScratchDisk> {
+        let dir = tempfile::Builder::new().prefix("iogate-vm-scratch-").tempdir_in("/var/tmp")?;
+        let image = dir.path().join("scratch.img");
+        // Sparse: only what the guest writes takes space here.
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(16 << 30))
+            .with_context(|| format!("creating {}", image.display()))?;
+        Ok(ScratchDisk { image, _dir: dir })
+    }
+}
 use protocol::{FromAgent, Hello, Outcome, ToAgent};
 
 use crate::scenarios::Scenario;
@@ -84,7 +105,11 @@ impl Kernel {
     /// The root filesystem all kernels boot.
     pub fn rootfs() -> Result<PathBuf> {
         let p = Self::cache().join("rootfs.cpio");
-        anyhow::ensure!(p.is_file(), "expected the node VM's root filesystem at {} (run scripts/fetch-vm.sh)", p.display());
+        anyhow::ensure!(
+            p.is_file(),
+            "expected the node VM's root filesystem at {} (run scripts/fetch-vm.sh)",
+            p.display()
+        );
         Ok(p)
     }
 }
@@ -103,19 +128,14 @@ pub struct NodeVm {
 }
 
 impl NodeVm {
-    /// Boots `kernel` with the prepared root filesystem and `payload`, and
-    /// waits for the agent.
-    pub fn boot(kernel: &Kernel, payload: &Payload) -> Result<NodeVm> {
+    /// Boots `kernel` with the prepared root filesystem, `payload` and
+    /// `scratch`, and waits for the agent.
+    pub fn boot(kernel: &Kernel, payload: &Payload, scratch: &ScratchDisk) -> Result<NodeVm> {
         let qemu_bin = which("qemu-system-x86_64").context("expected qemu-system-x86_64 (run scripts/fetch-vm.sh)")?;
-        let dir = tempfile::Builder::new().prefix("iogate-vm-").tempdir_in("/var/tmp").context("creating the VM's dir")?;
+        let dir =
+            tempfile::Builder::new().prefix("iogate-vm-").tempdir_in("/var/tmp").context("creating the VM's dir")?;
         let initrd = dir.path().join("initrd.cpio");
         concatenate(&[&Kernel::rootfs()?, &kernel.dir.join("modules.cpio"), payload.cpio()], &initrd)?;
-        // /var/tmp of the guest: containerd's root and the loop disks live
-        // there, on a real block device (the initramfs root is tmpfs).
-        let scratch = dir.path().join("scratch.img");
-        std::fs::File::create(&scratch)
-            .and_then(|f| f.set_len(16 << 30))
-            .with_context(|| format!("creating {}", scratch.display()))?;
         let agent_socket = dir.path().join("agent.sock");
         let console = dir.path().join("console.log");
         let mut cmd = Command::new(qemu_bin);
@@ -130,7 +150,7 @@ impl NodeVm {
             .arg(&initrd)
             .args(["-append", "console=ttyS0 rdinit=/iogate-init panic=-1 quiet loglevel=4 systemd.show_status=0"])
             .arg("-drive")
-            .arg(format!("file={},if=virtio,format=raw,cache=unsafe", scratch.display()))
+            .arg(format!("file={},if=virtio,format=raw,cache=unsafe", scratch.image.display()))
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
             // qemu waits for us to connect before it starts the guest, so
@@ -154,7 +174,12 @@ impl NodeVm {
         let qemu = cmd.spawn().context("starting qemu")?;
         let mut vm = NodeVm {
             kernel: kernel.clone(),
-            hello: Hello { kernel: String::new(), uptime_seconds: 0.0, controllers: String::new(), systemd: String::new() },
+            hello: Hello {
+                kernel: String::new(),
+                uptime_seconds: 0.0,
+                controllers: String::new(),
+                systemd: String::new(),
+            },
             boot_time: Duration::ZERO,
             qemu: Some(qemu),
             to_agent: connect_when_listening(&agent_socket, Duration::from_secs(30))?,

@@ -22,10 +22,16 @@ pub struct Hello {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToAgent {
-    Run { id: u64, scenario: Scenario },
+    Run {
+        id: u64,
+        scenario: Scenario,
+    },
     /// A shell command, for diagnosis (`journalctl`, `dmesg` after a failed
     /// check); answered with [`FromAgent::Output`].
-    Exec { id: u64, command: String },
+    Exec {
+        id: u64,
+        command: String,
+    },
     PowerOff,
 }
 
@@ -33,10 +39,19 @@ pub enum ToAgent {
 #[serde(rename_all = "snake_case")]
 pub enum FromAgent {
     Hello(Hello),
-    Done { id: u64, outcome: Outcome },
-    Output { id: u64, status: i32, output: String },
+    Done {
+        id: u64,
+        outcome: Outcome,
+    },
+    Output {
+        id: u64,
+        status: i32,
+        output: String,
+    },
     /// The agent cannot go on (the node could not be prepared).
-    Fatal { message: String },
+    Fatal {
+        message: String,
+    },
 }
 
 /// How one check went.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use iogate_testbed::host_lock::HostLock;
-use iogate_testbed::vm::{Kernel, NodeVm, Payload};
+use iogate_testbed::vm::{Kernel, NodeVm, Payload, ScratchDisk};
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1).peekable();
@@ -29,7 +29,8 @@ fn main() -> Result<()> {
     // The VM takes both cores: end-to-end tests must not measure meanwhile.
     let _lock = HostLock::acquire()?;
     let payload = Payload::build()?;
-    let mut vm = NodeVm::boot(kernel, &payload)?;
+    let scratch = ScratchDisk::new()?;
+    let mut vm = NodeVm::boot(kernel, &payload, &scratch)?;
     println!(
         "booted {} in {:.1} s (guest uptime {:.1} s at the agent's hello)",
         kernel.release,
