@@ -21,7 +21,7 @@
 //! way the result is read back before it counts.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -129,6 +129,8 @@ pub struct Reconciler {
     landing: Mutex<Landing>,
     /// Policy devices found missing (warned once each).
     gone_devices: Mutex<BTreeSet<Device>>,
+    /// Where devices are looked up (tests fake it).
+    sys_dev_block: PathBuf,
     /// Cgroup writes one at a time, whoever asks.
     writes: Mutex<()>,
     bell: (Mutex<bool>, Condvar),
@@ -156,9 +158,16 @@ impl Reconciler {
             settings,
             landing: Mutex::new(Landing::Untried),
             gone_devices: Mutex::default(),
+            sys_dev_block: PathBuf::from("/sys/dev/block"),
             writes: Mutex::new(()),
             bell: (Mutex::new(false), Condvar::new()),
         }
+    }
+
+    /// Looks devices up in another `/sys/dev/block`.
+    pub fn with_sys_dev_block(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.sys_dev_block = dir.into();
+        self
     }
 
     pub fn settings(&self) -> &Settings {
@@ -475,7 +484,7 @@ impl Reconciler {
     /// I/O, and writing a limit for it fails (ENODEV).
     fn present(&self, want: Vec<DeviceLimits>) -> Vec<DeviceLimits> {
         let (here, gone): (Vec<DeviceLimits>, Vec<DeviceLimits>) =
-            want.into_iter().partition(|d| Path::new(&format!("/sys/dev/block/{}", d.device)).exists());
+            want.into_iter().partition(|d| self.sys_dev_block.join(d.device.to_string()).exists());
         let mut warned = lock(&self.gone_devices);
         for d in gone {
             if warned.insert(d.device) {
@@ -576,4 +585,147 @@ fn read(
             Ok(DeviceLimits { device: d.device, limits })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iogate_core::{CgroupFs, Config, Knob, Policy};
+
+    const ID: &str = "c0ffee";
+
+    /// A v1 blkio hierarchy, /proc and /sys/dev/block in a temp dir: the
+    /// container's cgroup holds the four throttle files, its init process
+    /// is PID 4242, and device 7:0 exists.
+    struct Node {
+        dir: tempfile::TempDir,
+    }
+
+    impl Node {
+        fn new() -> Node {
+            let dir = tempfile::tempdir().unwrap();
+            let cg = dir.path().join("blkio/pod/c0ffee");
+            std::fs::create_dir_all(&cg).unwrap();
+            for k in Knob::ALL {
+                std::fs::write(cg.join(iogate_core::cgroup::v1::blkio::throttle_file(k)), "").unwrap();
+            }
+            std::fs::create_dir_all(dir.path().join("proc/4242")).unwrap();
+            std::fs::write(dir.path().join("proc/4242/cgroup"), "7:blkio:/pod/c0ffee\n").unwrap();
+            std::fs::create_dir_all(dir.path().join("sys/7:0")).unwrap();
+            Node { dir }
+        }
+
+        fn admission(&self, read_iops: u64) -> Admission {
+            let mut config = Config::default();
+            config.defaults.read_iops = Some(read_iops);
+            config.default_ceiling = config.defaults;
+            let cgroups =
+                CgroupFs::new(CgroupVersion::V1, self.dir.path().join("blkio")).with_proc(self.dir.path().join("proc"));
+            Admission::new(Policy::new(config, vec![Device::new(7, 0)]), cgroups)
+        }
+
+        fn file(&self, knob: Knob) -> PathBuf {
+            self.dir.path().join("blkio/pod/c0ffee").join(iogate_core::cgroup::v1::blkio::throttle_file(knob))
+        }
+
+        fn reconciler(&self, read_iops: u64) -> (Arc<CurrentPolicy>, Reconciler) {
+            let policy = Arc::new(CurrentPolicy::new(self.admission(read_iops)));
+            let hooks = HookReports::new(self.dir.path().join("hooks")).unwrap();
+            let r = Reconciler::new(policy.clone(), Arc::new(Telemetry::new()), Some(hooks), Settings::default())
+                .with_sys_dev_block(self.dir.path().join("sys"));
+            (policy, r)
+        }
+    }
+
+    fn pod() -> api::PodSandbox {
+        api::PodSandbox { id: "p".into(), uid: "u".into(), name: "db-0".into(), namespace: "shop".into(), ..Default::default() }
+    }
+
+    fn ctr(pid: u32) -> api::Container {
+        api::Container { id: ID.into(), pod_sandbox_id: "p".into(), name: "app".into(), pid, ..Default::default() }
+    }
+
+    fn metric(r: &Reconciler, line: &str) -> bool {
+        r.telemetry().encode().lines().any(|l| l == line)
+    }
+
+    #[test]
+    fn a_failed_hook_is_counted_and_repaired_at_start_then_drift_and_policy_changes() {
+        let node = Node::new();
+        let (policy, r) = node.reconciler(300);
+        r.created(&pod(), &ctr(0), true);
+        std::fs::write(
+            r.hooks().unwrap().path_for(ID).unwrap(),
+            "iogate-oci-hook: error: No such device (os error 19); the container starts without iogate limits (fail-open)\n",
+        )
+        .unwrap();
+        r.start_container(&pod(), &ctr(4242)).unwrap();
+        assert_eq!(std::fs::read_to_string(node.file(Knob::ReadIops)).unwrap(), "7:0 300");
+        assert!(metric(&r, "iogate_hook_failures_total 1"));
+        assert!(metric(&r, "iogate_repairs_total{cause=\"hook_failed\",outcome=\"repaired\"} 1"));
+        assert!(metric(&r, "iogate_containers{state=\"limited\"} 1"));
+
+        // Overwritten by hand: the next pass puts it back.
+        std::fs::write(node.file(Knob::ReadIops), "7:0 9999").unwrap();
+        let pass = r.pass();
+        assert_eq!((pass.checked, pass.repaired, pass.failed), (1, 1, 0));
+        assert_eq!(std::fs::read_to_string(node.file(Knob::ReadIops)).unwrap(), "7:0 300");
+        assert!(metric(&r, "iogate_repairs_total{cause=\"drift\",outcome=\"repaired\"} 1"));
+
+        // Nothing to do when nothing changed.
+        assert_eq!(r.pass().repaired, 0);
+
+        // A new policy reaches the running container.
+        policy.set(node.admission(120));
+        assert_eq!(r.pass().repaired, 1);
+        assert_eq!(std::fs::read_to_string(node.file(Knob::ReadIops)).unwrap(), "7:0 120");
+        assert!(metric(&r, "iogate_repairs_total{cause=\"policy_change\",outcome=\"repaired\"} 1"));
+
+        // Annotations changed on the running pod, through the stand-in.
+        let pods = crate::pod_annotations::parse_file(r#"{"shop/db-0": {"iogate.io/read-iops": "50"}}"#).unwrap();
+        r.set_annotations(PodAnnotations::File(Arc::new(RwLock::new(pods))));
+        r.pass();
+        assert_eq!(std::fs::read_to_string(node.file(Knob::ReadIops)).unwrap(), "7:0 50");
+
+        // The container stops: its cgroup goes, and so does it.
+        std::fs::remove_dir_all(node.dir.path().join("blkio/pod/c0ffee")).unwrap();
+        assert_eq!(r.pass().checked, 1);
+        assert!(r.states().is_empty());
+        assert!(metric(&r, "iogate_containers{state=\"limited\"} 0"));
+    }
+
+    #[test]
+    fn a_repair_that_cannot_be_written_leaves_it_unlimited_unexpectedly_and_strict_refuses_the_start() {
+        let node = Node::new();
+        let (policy, r) = node.reconciler(300);
+        let mut strict = node.admission(300);
+        strict = {
+            let mut config = strict.policy().config.clone();
+            config.strict = true;
+            Admission::new(Policy::new(config, strict.policy().devices.clone()), strict.cgroups().clone())
+        };
+        policy.set(strict);
+        // A read-only throttle file: the write fails.
+        std::fs::remove_file(node.file(Knob::ReadIops)).unwrap();
+        std::fs::create_dir(node.file(Knob::ReadIops)).unwrap();
+        r.created(&pod(), &ctr(0), false);
+        let e = r.start_container(&pod(), &ctr(4242)).unwrap_err().to_string();
+        assert_eq!(e, "iogate refuses to start pod shop/db-0 container app: its block-I/O limits are not in force (strict mode)");
+        assert!(metric(&r, "iogate_containers{state=\"unlimited_unexpectedly\"} 1"));
+    }
+
+    #[test]
+    fn a_container_found_at_synchronize_is_an_outage_and_a_vanished_device_is_not_checked() {
+        let node = Node::new();
+        let (_policy, r) = node.reconciler(300);
+        let mut running = ctr(4242);
+        running.state = api::ContainerState::CONTAINER_RUNNING.into();
+        r.synchronize(&[pod()], &[running]);
+        r.pass();
+        assert!(metric(&r, "iogate_repairs_total{cause=\"outage\",outcome=\"repaired\"} 1"));
+        std::fs::remove_dir(node.dir.path().join("sys/7:0")).unwrap();
+        std::fs::write(node.file(Knob::ReadIops), "").unwrap();
+        assert_eq!(r.pass().repaired, 0, "a gone device is no repair");
+        assert!(metric(&r, "iogate_containers{state=\"limited\"} 1"));
+    }
 }
