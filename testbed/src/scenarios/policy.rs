@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use iogate_core::{CgroupVersion, Limits};
 use serde::{Deserialize, Serialize};
 
-use super::Notes;
+use super::notes::Notes;
 use crate::containerd_daemon::{CgroupDriver, Version};
 use crate::fio::{self, Job, Measured, Rw};
 use crate::host_lock::HostLock;
@@ -144,12 +144,15 @@ pub fn suite_on(stack: &mut Stack, scope: Scope, notes: &mut Notes) {
     let lap = Instant::now();
 
     // Defaults, from the first second.
+    notes.step("fio in a plain pod");
     assert_fio_throttled(stack, "shop", "plain", &[], limits(100, 100), 100.0, notes);
+    notes.step("fio in an annotated pod");
     // Annotation override (below the ceiling).
     assert_fio_throttled(stack, "shop", "annotated", &[("iogate.io/read-iops", "50")], limits(50, 100), 50.0, notes);
     assert!(stack.plugin_log().contains(mechanism), "{v}: expected limits via {mechanism}:\n{}", stack.plugin_log());
 
     // Clamp to the namespace ceiling, with the reason logged.
+    notes.step("ceilings and exemptions");
     let got = limits_of_new(stack, "shop", "greedy", "app", &[("iogate.io/read-iops", "5000")]);
     assert_eq!(got, limits(200, 100), "{v}: clamp");
     assert!(stack
@@ -163,6 +166,7 @@ pub fn suite_on(stack: &mut Stack, scope: Scope, notes: &mut Notes) {
     assert_eq!(got, limits(100, 100), "{v}: exemption outside trusted");
 
     if scope == Scope::Everything {
+        notes.step("exclusions and malformed annotations");
         // Excluded by keyword.
         let got = limits_of_new(stack, "shop", "mesh", "istio-proxy", &[]);
         assert_eq!(got, Limits::UNLIMITED, "{v}: excluded container");
@@ -185,6 +189,7 @@ pub fn suite_on(stack: &mut Stack, scope: Scope, notes: &mut Notes) {
     }
 
     // containerd restarts: the plugin reconnects and the next pod is limited.
+    notes.step("containerd restart");
     stack.restart_containerd().unwrap();
     stack.plugin.as_mut().unwrap().wait_for("connected to runtime", 2, Duration::from_secs(120)).unwrap();
     let got = limits_of_new(stack, "shop", "after-restart", "app", &[]);
@@ -192,6 +197,7 @@ pub fn suite_on(stack: &mut Stack, scope: Scope, notes: &mut Notes) {
 
     // A container that started while no plugin ran gets its limits when the
     // plugin connects (Synchronize): written into its cgroup, found by PID.
+    notes.step("a container started while no plugin ran");
     stack.plugin.take().unwrap().stop();
     let spec = stack.pod_spec("shop", "early", &[("iogate.io/read-iops", "60")]);
     let data = stack.data_dir("early").unwrap();
@@ -210,6 +216,7 @@ pub fn suite_on(stack: &mut Stack, scope: Scope, notes: &mut Notes) {
 
     if scope == Scope::Everything {
         // Strict mode: the malformed annotation refuses the container.
+        notes.step("strict mode");
         stack.start_external_plugin(&[("IOGATE_STRICT".into(), "true".into())]).unwrap();
         let spec = stack.pod_spec("shop", "strict", &[("iogate.io/read-iops", "fast")]);
         let data = stack.data_dir("strict").unwrap();
