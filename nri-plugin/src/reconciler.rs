@@ -638,7 +638,13 @@ mod tests {
     }
 
     fn pod() -> api::PodSandbox {
-        api::PodSandbox { id: "p".into(), uid: "u".into(), name: "db-0".into(), namespace: "shop".into(), ..Default::default() }
+        api::PodSandbox {
+            id: "p".into(),
+            uid: "u".into(),
+            name: "db-0".into(),
+            namespace: "shop".into(),
+            ..Default::default()
+        }
     }
 
     fn ctr(pid: u32) -> api::Container {
@@ -710,7 +716,10 @@ mod tests {
         std::fs::create_dir(node.file(Knob::ReadIops)).unwrap();
         r.created(&pod(), &ctr(0), false);
         let e = r.start_container(&pod(), &ctr(4242)).unwrap_err().to_string();
-        assert_eq!(e, "iogate refuses to start pod shop/db-0 container app: its block-I/O limits are not in force (strict mode)");
+        assert_eq!(
+            e,
+            "iogate refuses to start pod shop/db-0 container app: its block-I/O limits are not in force (strict mode)"
+        );
         assert!(metric(&r, "iogate_containers{state=\"unlimited_unexpectedly\"} 1"));
     }
 

@@ -93,15 +93,16 @@ impl Drop for Sidecar {
 /// `GET path` from a server on this machine → (status, body). HTTP/1.0,
 /// so the body is never chunked.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("connecting to {addr}"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).with_context(|| format!("reading the response to GET {path}"))?;
     let text = String::from_utf8(raw).with_context(|| format!("GET {path}: response is not UTF-8"))?;
-    let (head, body) =
-        text.split_once("\r\n\r\n").with_context(|| format!("GET {path}: expected an HTTP response, found {text:?}"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("GET {path}: expected an HTTP response, found {text:?}"))?;
     let status = head
         .split_whitespace()
         .nth(1)

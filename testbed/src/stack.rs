@@ -288,7 +288,9 @@ impl Stack {
         argv.extend(["--config".into(), self.policy_path().display().to_string()]);
         argv.extend(["--socket".into(), containerd.nri_socket().display().to_string()]);
         let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..]).envs(plugin_settings(self.work.path(), self.plugin_addr)).envs(env.iter().map(|(k, v)| (k, v)));
+        cmd.args(&argv[1..])
+            .envs(plugin_settings(self.work.path(), self.plugin_addr))
+            .envs(env.iter().map(|(k, v)| (k, v)));
         let log = self.work.path().join(format!("plugin-{}.log", self.plugin_starts));
         self.plugin_starts += 1;
         let mut p = Background::spawn("iogate-nri-plugin", cmd, &log)?;
@@ -352,8 +354,7 @@ impl Stack {
 
     /// The plugin's `/metrics`, parsed.
     pub fn plugin_metrics(&self) -> Result<Vec<Sample>> {
-        let (status, body) =
-            http_get(self.plugin_addr, "/metrics").context("reading the plugin's /metrics")?;
+        let (status, body) = http_get(self.plugin_addr, "/metrics").context("reading the plugin's /metrics")?;
         anyhow::ensure!(status == 200, "the plugin's /metrics answered {status}: {body}");
         parse_exposition(&body)
     }
@@ -394,7 +395,9 @@ impl Stack {
             PluginMode::PreRegistered => self.containerd.is_some(),
         };
         if !running {
-            eprintln!("stack teardown: no iogate plugin runs, so there is no reconciler to ask about unlimited containers");
+            eprintln!(
+                "stack teardown: no iogate plugin runs, so there is no reconciler to ask about unlimited containers"
+            );
             return Ok(());
         }
         self.wait_for_reconcile_pass()?;
@@ -437,7 +440,11 @@ impl Stack {
         let node = PathBuf::from(format!("/sys/dev/block/{device}"));
         let deadline = Instant::now() + Duration::from_secs(10);
         while node.exists() {
-            anyhow::ensure!(Instant::now() < deadline, "{} still exists 10 s after the disk was detached", node.display());
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} still exists 10 s after the disk was detached",
+                node.display()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(())
@@ -541,8 +548,8 @@ impl Drop for Stack {
     fn drop(&mut self) {
         // Checked first, while pods and plugin run; reported last, so the
         // teardown happens either way.
-        let guarantee = (!self.guarantee_checked && !std::thread::panicking())
-            .then(|| self.assert_no_unlimited_unexpectedly());
+        let guarantee =
+            (!self.guarantee_checked && !std::thread::panicking()).then(|| self.assert_no_unlimited_unexpectedly());
         if let Some(mut cri) = self.cri.take() {
             if let Err(e) = cri.remove_all_pods() {
                 eprintln!("stack teardown: removing pods: {e:#}");

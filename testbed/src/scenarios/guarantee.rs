@@ -75,9 +75,10 @@ pub fn hook_failure_repaired(stack: &mut Stack, notes: &mut Notes) {
     let data = stack.data_dir("hookfail").unwrap();
     let started = Instant::now();
     let run = stack.run(&spec, "app", sleeper(), &data).unwrap();
-    let counted = wait_until(RECONCILE_INTERVAL, || failures(stack) > before)
-        .map(|_| started.elapsed())
-        .unwrap_or_else(|| panic!("{v}: no hook failure counted within {RECONCILE_INTERVAL:?}:\n{}", stack.plugin_log()));
+    let counted =
+        wait_until(RECONCILE_INTERVAL, || failures(stack) > before).map(|_| started.elapsed()).unwrap_or_else(|| {
+            panic!("{v}: no hook failure counted within {RECONCILE_INTERVAL:?}:\n{}", stack.plugin_log())
+        });
     for &d in &stack.devices {
         assert_eq!(stack.limits_on(run.pid, d).unwrap(), limits(100, 100), "{v}: device {d} repaired at start");
     }
@@ -128,7 +129,9 @@ pub fn outage_repaired_after_restart(stack: &mut Stack, notes: &mut Notes) {
     let connected = restarted.elapsed();
     let took = wait_until(RECONCILE_INTERVAL + SLACK, || stack.limits_of(run.pid).unwrap() == limits(100, 70))
         .map(|_| restarted.elapsed())
-        .unwrap_or_else(|| panic!("{v}: the pod's limits did not arrive within an interval of the restart:\n{}", stack.plugin_log()));
+        .unwrap_or_else(|| {
+            panic!("{v}: the pod's limits did not arrive within an interval of the restart:\n{}", stack.plugin_log())
+        });
     let verified = wait_until(SLACK, || !log_lines(stack, "shop/outage", "limits repaired and verified").is_empty());
     assert!(verified.is_some(), "{v}: expected the repair to be logged:\n{}", stack.plugin_log());
     assert!(log_lines(stack, "shop/outage", "cause=outage").iter().any(|l| l.contains("WARN")), "{v}");
@@ -155,8 +158,10 @@ pub fn overwritten_limit_restored(stack: &mut Stack, notes: &mut Notes) {
     let by_hand = DeviceLimits { device: stack.device, limits: limits(9999, 100) };
     stack.cgroups().write_limits(&cgroup, &[by_hand]).unwrap();
     assert_eq!(stack.limits_of(run.pid).unwrap(), by_hand.limits);
-    let took = wait_until(RECONCILE_INTERVAL + SLACK, || stack.limits_of(run.pid).unwrap() == want)
-        .unwrap_or_else(|| panic!("{v}: the overwritten limit was not restored within an interval:\n{}", stack.plugin_log()));
+    let took =
+        wait_until(RECONCILE_INTERVAL + SLACK, || stack.limits_of(run.pid).unwrap() == want).unwrap_or_else(|| {
+            panic!("{v}: the overwritten limit was not restored within an interval:\n{}", stack.plugin_log())
+        });
     let line = wait_until(SLACK, || !log_lines(stack, "shop/drift", "limits repaired and verified").is_empty())
         .map(|_| log_lines(stack, "shop/drift", "limits repaired and verified").remove(0))
         .unwrap_or_else(|| panic!("{v}: no repair logged:\n{}", stack.plugin_log()));
@@ -242,7 +247,8 @@ pub fn live_policy(stack: &mut Stack, notes: &mut Notes) {
         stack.plugin_log()
     );
 
-    let lower = POLICY.replace("default = { read-iops = 200, write-iops = 200 }", "default = { read-iops = 150, write-iops = 150 }");
+    let lower = POLICY
+        .replace("default = { read-iops = 200, write-iops = 200 }", "default = { read-iops = 150, write-iops = 150 }");
     assert_ne!(lower, POLICY);
     stack.update_policy(&lower).unwrap();
     let reconfigured = reach(stack, limits(150, 40), "the ceiling lowered to 150 in the policy file");
