@@ -3,12 +3,17 @@
 //!
 //! Their `Drop` unmounts, detaches and deletes, whatever happened in the test.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+// <linux/loop.h>: LOOP_CTL_REMOVE on /dev/loop-control.
+nix::ioctl_write_int_bad!(loop_ctl_remove, 0x4C81);
 
 pub struct LoopDisk {
     device: PathBuf,
@@ -88,6 +93,34 @@ impl LoopDisk {
     /// `MAJ:MIN` of the loop device, as the cgroup files name it.
     pub fn major_minor(&self) -> Result<(u32, u32)> {
         device_numbers(&self.device)
+    }
+
+    /// Takes the disk away from the kernel, as an unplugged disk goes:
+    /// unmounted, detached, and its loop device removed (`LOOP_CTL_REMOVE`),
+    /// so that its `MAJ:MIN` names no device any more. A detached loop
+    /// device stays busy until its last user closes it (a container's bind
+    /// mount of the disk, say): the removal is retried until `timeout`.
+    pub fn unplug(self, timeout: Duration) -> Result<()> {
+        let (_, minor) = self.major_minor()?;
+        drop(self);
+        let control = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/loop-control")
+            .context("opening /dev/loop-control")?;
+        let minor = nix::libc::c_int::try_from(minor).context("loop minor out of range")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            // SAFETY: LOOP_CTL_REMOVE takes the minor by value and touches
+            // no memory of ours.
+            match unsafe { loop_ctl_remove(control.as_raw_fd(), minor) } {
+                Ok(_) => return Ok(()),
+                Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => bail!("removing loop device 7:{minor} after detaching it: expected it gone, got {e}"),
+            }
+        }
     }
 
     /// A fresh directory on the disk (what a test bind-mounts into a container).
@@ -248,6 +281,17 @@ mod tests {
     fn a_disk_on_the_root_disk_mounts_and_cleans_up() {
         crate::require_root();
         mounts_and_cleans_up(LoopDisk::new(64).unwrap());
+    }
+
+    #[test]
+    fn an_unplugged_disk_names_no_device() {
+        crate::require_root();
+        let disk = LoopDisk::new(64).unwrap();
+        let (maj, min) = disk.major_minor().unwrap();
+        let node = PathBuf::from(format!("/sys/dev/block/{maj}:{min}"));
+        assert!(node.exists(), "{} while attached", node.display());
+        disk.unplug(Duration::from_secs(10)).unwrap();
+        assert!(!node.exists(), "{} still there after unplug", node.display());
     }
 
     #[test]

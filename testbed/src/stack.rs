@@ -428,13 +428,13 @@ impl Stack {
     }
 
     /// Takes data disk `device` away from the host (unmounted, loop device
-    /// detached) and waits until the kernel no longer knows it: the
+    /// detached and removed) and waits until the kernel no longer knows it: the
     /// "device that disappears" under a running policy. Pods' data dirs
     /// move to the first remaining disk.
     pub fn remove_disk(&mut self, device: Device) -> Result<()> {
         let at = self.devices.iter().position(|d| *d == device).context("no such data disk")?;
         anyhow::ensure!(self.disks.len() > 1, "the stack's only data disk cannot go");
-        drop(self.disks.remove(at));
+        self.disks.remove(at).unplug(Duration::from_secs(10))?;
         self.devices.remove(at);
         self.device = self.devices[0];
         let node = PathBuf::from(format!("/sys/dev/block/{device}"));
