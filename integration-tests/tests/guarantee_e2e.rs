@@ -1,8 +1,8 @@
 //! Limits that hold, on real containerd 1.7 and 2.1 on this host's cgroup
 //! v1: the reconciler's promises (`testbed/src/scenarios/guarantee.rs`).
-//! The same checks run on cgroup v2 in the node VM (`vm_v2.rs`, by the
-//! `Check` variants of the same names), where NRI UpdateContainers can
-//! carry the limits.
+//! The node VM's agent can run the same checks on cgroup v2 (the `Check`
+//! variants of the same names), where NRI UpdateContainers may carry the
+//! limits; `vm_v2.rs` does not schedule them yet.
 //!
 //! Every stack's teardown also asserts that no container ended in state
 //! `unlimited_unexpectedly` (`Stack::finish`).
