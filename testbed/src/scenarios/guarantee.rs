@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use iogate_core::{Device, DeviceLimits, Limits};
 use serde_json::json;
 
+use super::notes::Notes;
 use super::policy::{limits, sleeper, POLICY};
-use super::Notes;
 use crate::stack::{Stack, RECONCILE_INTERVAL};
 
 /// Slack over one interval for a pass to read, write and read back.
