@@ -89,11 +89,18 @@ mod tests {
         std::fs::remove_dir_all(d.join("..v1")).unwrap();
         assert_eq!(next(&rx), Ok("two".into()));
 
-        // Events that leave the text as it was do not call back.
+        // Events that leave the text as it was do not call back: the next
+        // call is the next swap's text, not "two" again. (A write inside
+        // `..v2` raises no event in the watched directory; Kubernetes never
+        // writes there, it swaps.)
         std::fs::write(d.join("unrelated"), "x").unwrap();
-        std::fs::write(d.join("..v2/config.toml"), "three").unwrap();
-        assert_eq!(next(&rx), Ok("three".into()));
+        std::fs::create_dir(d.join("..v3")).unwrap();
+        std::fs::write(d.join("..v3/config.toml"), "three").unwrap();
+        std::os::unix::fs::symlink("..v3", d.join("..data_tmp")).unwrap();
+        std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
         std::fs::remove_dir_all(d.join("..v2")).unwrap();
+        assert_eq!(next(&rx), Ok("three".into()));
+        std::fs::remove_dir_all(d.join("..v3")).unwrap();
         let gone = next(&rx).unwrap_err();
         assert!(gone.contains("cannot read") && gone.contains("config.toml"), "{gone}");
     }
