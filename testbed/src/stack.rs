@@ -51,6 +51,10 @@ pub struct StackOptions {
     pub plugin_env: Vec<(String, String)>,
     /// How many data disks (each its own loop device, all throttled).
     pub disks: usize,
+    /// The disks' backing files on a tmpfs ([`LoopDisk::in_memory`]) rather
+    /// than the root disk: for rate checks that need a device faster than
+    /// the limit however busy the host's disk is.
+    pub disks_in_memory: bool,
 }
 
 impl StackOptions {
@@ -64,6 +68,7 @@ impl StackOptions {
             policy: policy.into(),
             plugin_env: Vec::new(),
             disks: 1,
+            disks_in_memory: false,
         }
     }
 
@@ -74,6 +79,11 @@ impl StackOptions {
 
     pub fn with_disks(mut self, disks: usize) -> StackOptions {
         self.disks = disks;
+        self
+    }
+
+    pub fn with_disks_in_memory(mut self) -> StackOptions {
+        self.disks_in_memory = true;
         self
     }
 }
@@ -166,7 +176,7 @@ impl Stack {
         let mut disks = Vec::with_capacity(opts.disks);
         let mut devices = Vec::with_capacity(opts.disks);
         for _ in 0..opts.disks {
-            let disk = LoopDisk::new(512)?;
+            let disk = if opts.disks_in_memory { LoopDisk::in_memory(512)? } else { LoopDisk::new(512)? };
             let (maj, min) = disk.major_minor()?;
             devices.push(Device::new(maj, min));
             disks.push(disk);
