@@ -118,6 +118,9 @@ impl LoopDisk {
                 Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100))
                 }
+                Err(nix::errno::Errno::EBUSY) => bail!(
+                    "removing loop device 7:{minor} after detaching it: still busy after {timeout:?} (still open, or attached again by another process)"
+                ),
                 Err(e) => bail!("removing loop device 7:{minor} after detaching it: expected it gone, got {e}"),
             }
         }
@@ -259,6 +262,14 @@ fn device_numbers(device: &Path) -> Result<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Mutex, MutexGuard};
+
+    /// One test at a time: a loop device one test frees is the next one
+    /// another test gets, and its "gone after drop" check would see it.
+    fn one_at_a_time() -> MutexGuard<'static, ()> {
+        static LOOPS: Mutex<()> = Mutex::new(());
+        LOOPS.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
     fn mounts_and_cleans_up(disk: LoopDisk) {
         let dev = disk.device().to_path_buf();
@@ -280,12 +291,14 @@ mod tests {
     #[test]
     fn a_disk_on_the_root_disk_mounts_and_cleans_up() {
         crate::require_root();
+        let _one = one_at_a_time();
         mounts_and_cleans_up(LoopDisk::new(64).unwrap());
     }
 
     #[test]
     fn an_unplugged_disk_names_no_device() {
         crate::require_root();
+        let _one = one_at_a_time();
         let disk = LoopDisk::new(64).unwrap();
         let (maj, min) = disk.major_minor().unwrap();
         let node = PathBuf::from(format!("/sys/dev/block/{maj}:{min}"));
@@ -297,6 +310,7 @@ mod tests {
     #[test]
     fn a_disk_in_memory_mounts_and_cleans_up() {
         crate::require_root();
+        let _one = one_at_a_time();
         mounts_and_cleans_up(LoopDisk::in_memory(64).unwrap());
     }
 }
