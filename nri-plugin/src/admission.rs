@@ -10,10 +10,12 @@
 //!   runs after the init process is in its cgroup and before it execs the
 //!   user's command.
 //!
-//! Containers that already run when the plugin connects (`Synchronize`) get
-//! their limits written straight into their cgroup.
+//! Nothing here is verified yet: the log says what was asked of the
+//! runtime ("hook injected", "io.max in the spec"), and the reconciler reads
+//! the limits back once the container starts (`crate::reconciler`), which is
+//! also where containers that already run when the plugin connects get
+//! theirs.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -23,11 +25,14 @@ use tracing::{info, warn};
 
 use nri::api;
 
+use crate::hook_reports::HookReports;
+use crate::inventory::image_of;
+
+/// The `via` of limits written by the injected hook.
+const HOOK: &str = "createRuntime hook";
+
 /// Seconds runc gives the injected hook.
 const HOOK_TIMEOUT_SECONDS: i64 = 5;
-
-/// Annotations containerd's CRI puts on every container spec.
-const CRI_IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
 
 /// Decides, per container, what the policy wants and how the runtime must
 /// apply it; the runtime (or, for running containers, a cgroup write) does
@@ -36,16 +41,32 @@ pub struct Admission {
     policy: Policy,
     cgroups: CgroupFs,
     hook_path: PathBuf,
+    /// Where the injected hook reports (`--log`), if anywhere.
+    hook_reports: Option<HookReports>,
 }
 
 impl Admission {
     pub fn new(policy: Policy, cgroups: CgroupFs) -> Self {
         let hook_path = policy.config.hook_path.clone();
-        Admission { policy, cgroups, hook_path }
+        Admission { policy, cgroups, hook_path, hook_reports: None }
+    }
+
+    /// Injected hooks report into `reports` (see [`HookReports`]).
+    pub fn with_hook_reports(mut self, reports: Option<HookReports>) -> Self {
+        self.hook_reports = reports;
+        self
     }
 
     pub fn cgroup_version(&self) -> CgroupVersion {
         self.cgroups.version
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn cgroups(&self) -> &CgroupFs {
+        &self.cgroups
     }
 
     /// The adjustment for a container being created. A refusal (strict mode)
@@ -55,49 +76,8 @@ impl Admission {
         let image = image_of(ctr);
         let info = info_of(pod, ctr, &image);
         match self.decide(&info)? {
-            Some(e) => Ok(self.adjustment(&e)),
+            Some(e) => Ok(self.adjustment(&e, &ctr.id)),
             None => Ok(api::ContainerAdjustment::new()),
-        }
-    }
-
-    /// Limits for containers that were running before the plugin connected.
-    /// Failures are logged per container and never abort the sync: one odd
-    /// container must not leave all the others unthrottled.
-    pub fn synchronize(&self, pods: &[api::PodSandbox], containers: &[api::Container]) {
-        let by_id: HashMap<&str, &api::PodSandbox> = pods.iter().map(|p| (p.id.as_str(), p)).collect();
-        let empty = api::PodSandbox::new();
-        for ctr in containers {
-            let pod = by_id.get(ctr.pod_sandbox_id.as_str()).copied().unwrap_or(&empty);
-            let image = image_of(ctr);
-            let info = info_of(pod, ctr, &image);
-            let decided = match self.decide(&info) {
-                Ok(Some(e)) => e,
-                Ok(None) => continue,
-                // Strict mode cannot refuse a container that already runs.
-                Err(e) => {
-                    warn!(pod = %format!("{}/{}", pod.namespace, pod.name), container = %ctr.name, "existing container not limited: {e:#}");
-                    continue;
-                }
-            };
-            if ctr.pid == 0 {
-                warn!(container = %ctr.name, id = %ctr.id, "existing container has no pid in the runtime's report; cannot find its cgroup, not limited");
-                continue;
-            }
-            let applied = self
-                .cgroups
-                .cgroup_of_pid(ctr.pid)
-                .map_err(anyhow::Error::from)
-                .and_then(|cg| Ok((self.cgroups.write_limits(&cg, &decided.device_limits())?, cg)));
-            match applied {
-                Ok((changes, cg)) => info!(
-                    pod = %format!("{}/{}", pod.namespace, pod.name),
-                    container = %ctr.name,
-                    cgroup = %cg,
-                    changed = changes.len(),
-                    "existing container limited: {}", decided.explain()
-                ),
-                Err(e) => warn!(container = %ctr.name, id = %ctr.id, "existing container not limited: {e:#}"),
-            }
         }
     }
 
@@ -127,7 +107,10 @@ impl Admission {
                 }
                 let how = self.mechanism(&e);
                 let devices = e.device_limits().iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
-                info!(%pod, %container, via = how, "limits {devices}: {}", e.explain());
+                // Asked of the runtime, not yet seen in force: the
+                // reconciler says "limits verified" once it has read them.
+                let asked = if how == HOOK { "hook injected" } else { "limits requested" };
+                info!(%pod, %container, via = how, "{asked} for {devices}: {}", e.explain());
                 Ok(Some(e))
             }
         }
@@ -137,12 +120,18 @@ impl Admission {
         if self.cgroups.version == CgroupVersion::V2 && e.devices.len() == 1 {
             "io.max in the spec"
         } else {
-            "createRuntime hook"
+            HOOK
         }
     }
 
-    /// The spec change that carries `e`; see the module docs for the choice.
-    pub fn adjustment(&self, e: &Enforce) -> api::ContainerAdjustment {
+    /// Whether `adj` carries the createRuntime hook.
+    pub fn injects_hook(adj: &api::ContainerAdjustment) -> bool {
+        adj.hooks.as_ref().is_some_and(|h| !h.create_runtime.is_empty())
+    }
+
+    /// The spec change that carries `e` for container `id`; see the module
+    /// docs for the choice.
+    pub fn adjustment(&self, e: &Enforce, id: &str) -> api::ContainerAdjustment {
         let mut adj = api::ContainerAdjustment::new();
         let lines = e.device_limits();
         if self.cgroups.version == CgroupVersion::V2 && lines.len() == 1 {
@@ -161,6 +150,12 @@ impl Admission {
             }
             if self.policy.config.strict {
                 hook.args.push("--strict".into());
+            }
+            // A fail-open hook exits 0 whatever happened, and runc discards
+            // its output: its report goes where the plugin reads it.
+            if let Some(path) = self.hook_reports.as_ref().and_then(|r| r.path_for(id)) {
+                hook.args.push("--log".into());
+                hook.args.push(path.display().to_string());
             }
             // runc waits for a hook without limit; a stuck one must not hang
             // container creation (the hook itself takes ~2 ms).
@@ -189,15 +184,6 @@ impl Admission {
         anyhow::ensure!(meta.is_file(), "expected the OCI hook at {} to be a file", self.hook_path.display());
         Ok(())
     }
-}
-
-fn image_of(ctr: &api::Container) -> String {
-    ctr.image
-        .as_ref()
-        .map(|i| i.name.clone())
-        .filter(|n| !n.is_empty())
-        .or_else(|| ctr.annotations.get(CRI_IMAGE_NAME).cloned())
-        .unwrap_or_default()
 }
 
 fn info_of<'a>(pod: &'a api::PodSandbox, ctr: &'a api::Container, image: &'a str) -> ContainerInfo<'a> {
@@ -251,8 +237,12 @@ mod tests {
 
     #[test]
     fn v1_injects_the_create_runtime_hook() {
-        let l = admission(CgroupVersion::V1, vec![Device::new(7, 0), Device::new(8, 0)], |c| c.strict = true);
+        let reports = tempfile::tempdir().unwrap();
+        let l = admission(CgroupVersion::V1, vec![Device::new(7, 0), Device::new(8, 0)], |c| c.strict = true)
+            .with_hook_reports(Some(HookReports::new(reports.path()).unwrap()));
         let adj = l.create_container(&pod(&[]), &ctr("app")).unwrap();
+        assert!(Admission::injects_hook(&adj));
+        let report = reports.path().join("c1.log").display().to_string();
         assert!(adj.linux.is_none(), "runc refuses unified resources on cgroup v1");
         let hook = &adj.hooks.create_runtime[0];
         assert_eq!(hook.path, "/opt/iogate/bin/iogate-oci-hook");
@@ -265,7 +255,9 @@ mod tests {
                 "7:0 riops=500 wiops=500 rbps=max wbps=max",
                 "--io-max",
                 "8:0 riops=500 wiops=500 rbps=max wbps=max",
-                "--strict"
+                "--strict",
+                "--log",
+                &report
             ]
         );
         assert_eq!(hook.timeout.value, 5);
@@ -295,7 +287,7 @@ mod tests {
     fn image_comes_from_the_cri_annotation_for_keyword_exclusion() {
         let l = admission(CgroupVersion::V2, vec![Device::new(7, 0)], |c| c.exclude_keywords = vec!["apisix".into()]);
         let mut c = ctr("gateway");
-        c.annotations.insert(CRI_IMAGE_NAME.into(), "registry.local/apisix:3".into());
+        c.annotations.insert(crate::inventory::CRI_IMAGE_NAME.into(), "registry.local/apisix:3".into());
         assert_eq!(l.create_container(&pod(&[]), &c).unwrap(), api::ContainerAdjustment::new());
     }
 }

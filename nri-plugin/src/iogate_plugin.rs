@@ -1,40 +1,33 @@
-//! iogate as an NRI plugin: it handles CreateContainer (and the Synchronize
-//! every plugin gets), each a thin call into [`Admission`].
+//! iogate as an NRI plugin: the handlers it registers, each a thin call
+//! into [`Admission`] (limits into the spec of every container being
+//! created) or the [`Reconciler`] (limits read back when a container
+//! starts, running containers at Synchronize, forgetting containers that
+//! stop).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use iogate_core::device::DeviceResolver;
 use iogate_core::{CgroupFs, Config, Device, Policy};
-use nri::{api, CreateContainer, HandlerResult, Plugin, Subscriptions};
+use nri::{api, CreateContainer, HandlerResult, Notification, Plugin, StateChange, StopContainer, Subscriptions};
 use tracing::info;
 
 use crate::admission::Admission;
+use crate::current_policy::CurrentPolicy;
+use crate::reconciler::Reconciler;
 
 pub struct IogatePlugin {
-    /// `Err` until a usable policy exists: a pre-registered plugin may get
-    /// its config only in `Configure`, so a start-up config that does not
-    /// work yet (say, the default `/data` is missing) is kept as the reason.
-    admission: RwLock<Result<Arc<Admission>, String>>,
+    policy: Arc<CurrentPolicy>,
+    reconciler: Arc<Reconciler>,
 }
 
+/// The events iogate handles besides CreateContainer and StopContainer.
+pub const NOTIFICATIONS: [Notification; 2] = [Notification::StartContainer, Notification::RemoveContainer];
+
 impl IogatePlugin {
-    pub fn new(admission: Admission) -> Self {
-        IogatePlugin { admission: RwLock::new(Ok(Arc::new(admission))) }
-    }
-
-    /// A plugin whose policy must still arrive in `Configure`; `reason` says
-    /// why the start-up policy was not usable.
-    pub fn awaiting_config(reason: String) -> Self {
-        IogatePlugin { admission: RwLock::new(Err(reason)) }
-    }
-
-    fn current(&self) -> Result<Arc<Admission>> {
-        match &*self.admission.read().unwrap_or_else(|p| p.into_inner()) {
-            Ok(a) => Ok(a.clone()),
-            Err(reason) => anyhow::bail!("iogate has no usable policy: {reason}"),
-        }
+    pub fn new(policy: Arc<CurrentPolicy>, reconciler: Arc<Reconciler>) -> Self {
+        IogatePlugin { policy, reconciler }
     }
 
     /// A pre-registered plugin gets its config file's text from containerd
@@ -42,19 +35,22 @@ impl IogatePlugin {
     /// policy loaded at start-up, so one file configures both modes.
     fn reconfigure(&self, req: &api::ConfigureRequest) -> Result<()> {
         info!(runtime = %req.runtime_name, version = %req.runtime_version, "connected to runtime");
+        self.reconciler.connected(&req.runtime_name, &req.runtime_version);
         if req.config.trim().is_empty() {
             // Refusing registration is the loud way to say we cannot work.
-            return self.current().map(|_| ());
+            return self.policy.get().map(|_| ());
         }
         let origin = PathBuf::from(format!("<config from {} via NRI>", req.runtime_name));
         let config = Config::from_toml(&req.config, Path::new(&origin), |k| std::env::var(k).ok())?;
-        let admission = build_admission(config)?;
-        *self.admission.write().unwrap_or_else(|p| p.into_inner()) = Ok(Arc::new(admission));
+        let admission = build_admission(config)?.with_hook_reports(self.reconciler.hooks().cloned());
+        self.policy.set(admission);
         Ok(())
     }
 
     fn admit(&self, pod: &api::PodSandbox, ctr: &api::Container) -> Result<api::ContainerAdjustment> {
-        self.current()?.create_container(pod, ctr)
+        let adjustment = self.policy.get()?.create_container(pod, ctr)?;
+        self.reconciler.created(pod, ctr, Admission::injects_hook(&adjustment));
+        Ok(adjustment)
     }
 }
 
@@ -92,11 +88,12 @@ pub fn resolve_devices(config: &Config) -> Result<Vec<Device>> {
 }
 
 impl Plugin for IogatePlugin {
-    /// Only CreateContainer: the limits go into the spec of every container
-    /// being created, and running ones are limited once, at Synchronize.
+    /// CreateContainer puts the limits into each new container's spec;
+    /// StartContainer reads them back; StopContainer and RemoveContainer
+    /// end a container's checks. Running containers arrive at Synchronize.
     fn configure(self: Arc<Self>, req: &api::ConfigureRequest, events: &mut Subscriptions) -> HandlerResult<()> {
         self.reconfigure(req)?;
-        events.on_create_container(self);
+        events.on_create_container(self.clone()).on_stop_container(self.clone()).on_state_change(&NOTIFICATIONS, self);
         Ok(())
     }
 
@@ -106,7 +103,8 @@ impl Plugin for IogatePlugin {
         containers: &[api::Container],
     ) -> HandlerResult<Vec<api::ContainerUpdate>> {
         info!(pods = pods.len(), containers = containers.len(), "synchronizing existing containers");
-        self.current()?.synchronize(pods, containers);
+        self.policy.get()?;
+        self.reconciler.synchronize(pods, containers);
         Ok(Vec::new())
     }
 }
@@ -121,13 +119,45 @@ impl CreateContainer for IogatePlugin {
     }
 }
 
+impl StopContainer for IogatePlugin {
+    fn stop_container(&self, _pod: &api::PodSandbox, ctr: &api::Container) -> HandlerResult<Vec<api::ContainerUpdate>> {
+        self.reconciler.gone(&ctr.id);
+        Ok(Vec::new())
+    }
+}
+
+impl StateChange for IogatePlugin {
+    fn state_change(
+        &self,
+        event: Notification,
+        pod: &api::PodSandbox,
+        ctr: Option<&api::Container>,
+    ) -> HandlerResult<()> {
+        let Some(ctr) = ctr else { return Ok(()) };
+        match event {
+            Notification::StartContainer => self.reconciler.start_container(pod, ctr)?,
+            Notification::RemoveContainer => self.reconciler.gone(&ctr.id),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reconciler::Settings;
+    use crate::telemetry::Telemetry;
+
+    fn plugin(policy: CurrentPolicy) -> IogatePlugin {
+        let policy = Arc::new(policy);
+        let reconciler = Reconciler::new(policy.clone(), Arc::new(Telemetry::new()), None, Settings::default());
+        IogatePlugin::new(policy, Arc::new(reconciler))
+    }
 
     #[test]
     fn without_a_usable_policy_registration_is_refused_with_the_reason() {
-        let p = IogatePlugin::awaiting_config("data mount /data: expected an existing directory".into());
+        let p = plugin(CurrentPolicy::awaiting("data mount /data: expected an existing directory".into()));
         let e = p.reconfigure(&api::ConfigureRequest::new()).unwrap_err();
         assert_eq!(format!("{e:#}"), "iogate has no usable policy: data mount /data: expected an existing directory");
         let e = p.admit(&api::PodSandbox::new(), &api::Container::new()).unwrap_err();
@@ -141,7 +171,7 @@ mod tests {
     #[test]
     fn policy_from_configure_replaces_the_missing_one() {
         let dir = tempfile::tempdir().unwrap();
-        let p = IogatePlugin::awaiting_config("no /data".into());
+        let p = plugin(CurrentPolicy::awaiting("no /data".into()));
         let mut req = api::ConfigureRequest::new();
         // Any existing file stands in for the hook binary.
         let hook = std::env::current_exe().unwrap();
@@ -160,7 +190,20 @@ mod tests {
                 assert!(adj.hooks.is_some() || adj.linux.is_some(), "expected limits in {adj:?}");
                 let mut events = Subscriptions::default();
                 Arc::new(p).configure(&req, &mut events).unwrap();
-                assert_eq!(events.mask(), nri::EventMask::from(api::Event::CREATE_CONTAINER));
+                assert_eq!(
+                    events.mask(),
+                    nri::EventMask::of(&[
+                        api::Event::CREATE_CONTAINER,
+                        api::Event::START_CONTAINER,
+                        api::Event::STOP_CONTAINER,
+                        api::Event::REMOVE_CONTAINER
+                    ])
+                );
+                assert_eq!(
+                    events.mask().bits() & !nri::EventMask::PORTABLE.bits(),
+                    0,
+                    "containerd 1.7 to 2.1 accept it"
+                );
             }
             // A machine whose temp dir is not on a block device (tmpfs)
             // cannot resolve it; the error must say so.

@@ -4,25 +4,32 @@
 //! Started by containerd from its NRI plugin directory (pre-registered), it
 //! serves that one connection and exits with it. Started any other way (a
 //! DaemonSet, systemd), it connects to containerd's NRI socket and
-//! reconnects with backoff whenever containerd restarts.
+//! reconnects with backoff whenever containerd restarts. Either way the
+//! reconciler keeps running containers' limits what the policy says, and
+//! `/metrics` tells how that goes (`iogate_nri_plugin::agent`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use iogate_core::Config;
-use iogate_nri_plugin::iogate_plugin::{build_admission, IogatePlugin};
+use iogate_nri_plugin::agent::{Agent, AgentOptions};
+use iogate_nri_plugin::iogate_plugin::build_admission;
 use nri::{PreRegistered, Registration, Stub, DEFAULT_SOCKET_PATH};
 
 const USAGE: &str = "\
 usage: iogate-nri-plugin [--config FILE] [--socket PATH] [--name NAME] [--index NN]
-  --config FILE  policy file (TOML); default $IOGATE_CONFIG, else /etc/iogate/config.toml if it exists
+  --config FILE  policy file (TOML), reloaded when it changes; default $IOGATE_CONFIG, else /etc/iogate/config.toml if it exists
   --socket PATH  containerd's NRI socket for an external plugin (default /var/run/nri/nri.sock)
   --name, --index  NRI registration (default iogate, 10)
+{AGENT}
 Environment: CONTAINER_IOPS_LIMIT, DATA_MOUNT, EXCLUDE_KEYWORDS, CGROUP_VERSION, IOGATE_* (see docs/policy.md);
 IOGATE_LOG (filter, default info), IOGATE_LOG_FILE (log to this file instead of stderr).
 When containerd starts it from its plugin directory, the connection and name come from NRI_PLUGIN_*.";
+
+fn usage() -> String {
+    USAGE.replace("{AGENT}", iogate_nri_plugin::agent::USAGE)
+}
 
 const DEFAULT_CONFIG: &str = "/etc/iogate/config.toml";
 
@@ -31,24 +38,31 @@ struct Args {
     socket: PathBuf,
     name: String,
     index: String,
+    agent: AgentOptions,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a =
-        Args { config: None, socket: PathBuf::from(DEFAULT_SOCKET_PATH), name: "iogate".into(), index: "10".into() };
+    let mut a = Args {
+        config: None,
+        socket: PathBuf::from(DEFAULT_SOCKET_PATH),
+        name: "iogate".into(),
+        index: "10".into(),
+        agent: AgentOptions::from_env(|k| std::env::var(k).ok())?,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{arg} expects a value\n{USAGE}"));
+        let mut value = || it.next().with_context(|| format!("{arg} expects a value\n{}", usage()));
         match arg.as_str() {
             "--config" => a.config = Some(value()?.into()),
             "--socket" => a.socket = value()?.into(),
             "--name" => a.name = value()?,
             "--index" => a.index = value()?,
+            flag if AgentOptions::accepts(flag) => a.agent.set(flag, value()?)?,
             "-h" | "--help" => {
-                println!("{USAGE}");
+                println!("{}", usage());
                 std::process::exit(0);
             }
-            other => bail!("unexpected argument {other:?}\n{USAGE}"),
+            other => bail!("unexpected argument {other:?}\n{}", usage()),
         }
     }
     if a.config.is_none() {
@@ -56,6 +70,7 @@ fn parse_args() -> Result<Args> {
             .map(PathBuf::from)
             .or_else(|| std::path::Path::new(DEFAULT_CONFIG).exists().then(|| DEFAULT_CONFIG.into()));
     }
+    a.agent.config = a.config.clone();
     Ok(a)
 }
 
@@ -70,17 +85,19 @@ fn run() -> Result<()> {
                 "started by containerd"
             );
             // containerd may still hand us the policy in Configure.
-            let plugin = match build_admission(config) {
-                Ok(admission) => IogatePlugin::new(admission),
-                Err(e) => {
-                    tracing::warn!("start-up policy not usable, expecting one from containerd: {e:#}");
-                    IogatePlugin::awaiting_config(format!("{e:#}"))
-                }
-            };
-            Ok(Stub::new(Arc::new(plugin)).run_pre_registered(launched)?)
+            let initial = build_admission(config).map_err(|e| {
+                tracing::warn!("start-up policy not usable, expecting one from containerd: {e:#}");
+                format!("{e:#}")
+            });
+            let agent = Agent::start(args.agent, initial)?;
+            let stub = Stub::new(agent.plugin.clone());
+            agent.attach(stub.runtime());
+            Ok(stub.run_pre_registered(launched)?)
         }
         None => {
-            let stub = Stub::new(Arc::new(IogatePlugin::new(build_admission(config)?)));
+            let agent = Agent::start(args.agent, Ok(build_admission(config)?))?;
+            let stub = Stub::new(agent.plugin.clone());
+            agent.attach(stub.runtime());
             let registration = Registration::new(&args.name, &args.index)?;
             tracing::info!(socket = %args.socket.display(), "connecting to containerd as an external plugin");
             Ok(stub.run_external(&args.socket, &registration)?)

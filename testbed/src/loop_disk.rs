@@ -3,12 +3,17 @@
 //!
 //! Their `Drop` unmounts, detaches and deletes, whatever happened in the test.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+// <linux/loop.h>: LOOP_CTL_REMOVE on /dev/loop-control.
+nix::ioctl_write_int_bad!(loop_ctl_remove, 0x4C81);
 
 pub struct LoopDisk {
     device: PathBuf,
@@ -88,6 +93,37 @@ impl LoopDisk {
     /// `MAJ:MIN` of the loop device, as the cgroup files name it.
     pub fn major_minor(&self) -> Result<(u32, u32)> {
         device_numbers(&self.device)
+    }
+
+    /// Takes the disk away from the kernel, as an unplugged disk goes:
+    /// unmounted, detached, and its loop device removed (`LOOP_CTL_REMOVE`),
+    /// so that its `MAJ:MIN` names no device any more. A detached loop
+    /// device stays busy until its last user closes it (a container's bind
+    /// mount of the disk, say): the removal is retried until `timeout`.
+    pub fn unplug(self, timeout: Duration) -> Result<()> {
+        let (_, minor) = self.major_minor()?;
+        drop(self);
+        let control = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/loop-control")
+            .context("opening /dev/loop-control")?;
+        let minor = nix::libc::c_int::try_from(minor).context("loop minor out of range")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            // SAFETY: LOOP_CTL_REMOVE takes the minor by value and touches
+            // no memory of ours.
+            match unsafe { loop_ctl_remove(control.as_raw_fd(), minor) } {
+                Ok(_) => return Ok(()),
+                Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(nix::errno::Errno::EBUSY) => bail!(
+                    "removing loop device 7:{minor} after detaching it: still busy after {timeout:?} (still open, or attached again by another process)"
+                ),
+                Err(e) => bail!("removing loop device 7:{minor} after detaching it: expected it gone, got {e}"),
+            }
+        }
     }
 
     /// A fresh directory on the disk (what a test bind-mounts into a container).
@@ -226,6 +262,14 @@ fn device_numbers(device: &Path) -> Result<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Mutex, MutexGuard};
+
+    /// One test at a time: a loop device one test frees is the next one
+    /// another test gets, and its "gone after drop" check would see it.
+    fn one_at_a_time() -> MutexGuard<'static, ()> {
+        static LOOPS: Mutex<()> = Mutex::new(());
+        LOOPS.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
     fn mounts_and_cleans_up(disk: LoopDisk) {
         let dev = disk.device().to_path_buf();
@@ -247,12 +291,26 @@ mod tests {
     #[test]
     fn a_disk_on_the_root_disk_mounts_and_cleans_up() {
         crate::require_root();
+        let _one = one_at_a_time();
         mounts_and_cleans_up(LoopDisk::new(64).unwrap());
+    }
+
+    #[test]
+    fn an_unplugged_disk_names_no_device() {
+        crate::require_root();
+        let _one = one_at_a_time();
+        let disk = LoopDisk::new(64).unwrap();
+        let (maj, min) = disk.major_minor().unwrap();
+        let node = PathBuf::from(format!("/sys/dev/block/{maj}:{min}"));
+        assert!(node.exists(), "{} while attached", node.display());
+        disk.unplug(Duration::from_secs(10)).unwrap();
+        assert!(!node.exists(), "{} still there after unplug", node.display());
     }
 
     #[test]
     fn a_disk_in_memory_mounts_and_cleans_up() {
         crate::require_root();
+        let _one = one_at_a_time();
         mounts_and_cleans_up(LoopDisk::in_memory(64).unwrap());
     }
 }

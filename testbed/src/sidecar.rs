@@ -64,24 +64,9 @@ impl Sidecar {
         std::thread::sleep(self.interval * n + Duration::from_millis(300));
     }
 
-    /// `GET path` → (status, body). HTTP/1.0, so the body is never chunked.
+    /// `GET path` → (status, body).
     pub fn get(&self, path: &str) -> Result<(u16, String)> {
-        let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
-            .with_context(|| format!("connecting to the sidecar at {}", self.addr))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr)?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).with_context(|| format!("reading the response to GET {path}"))?;
-        let text = String::from_utf8(raw).with_context(|| format!("GET {path}: response is not UTF-8"))?;
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .with_context(|| format!("GET {path}: expected an HTTP response, found {text:?}"))?;
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("GET {path}: expected a status line, found {head:?}"))?;
-        Ok((status, body.to_string()))
+        http_get(self.addr, path).with_context(|| "querying the sidecar".to_string())
     }
 
     pub fn json(&self, path: &str) -> Result<(u16, Value)> {
@@ -103,6 +88,27 @@ impl Drop for Sidecar {
     fn drop(&mut self) {
         self.process.stop();
     }
+}
+
+/// `GET path` from a server on this machine → (status, body). HTTP/1.0,
+/// so the body is never chunked.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).with_context(|| format!("reading the response to GET {path}"))?;
+    let text = String::from_utf8(raw).with_context(|| format!("GET {path}: response is not UTF-8"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("GET {path}: expected an HTTP response, found {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("GET {path}: expected a status line, found {head:?}"))?;
+    Ok((status, body.to_string()))
 }
 
 /// One line of the Prometheus text format.

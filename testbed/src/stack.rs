@@ -5,11 +5,16 @@
 //!
 //! `Drop` takes it down in the order that leaves nothing behind: pods, then
 //! the plugin, containerd and its shims, the test's cgroups, the disks.
+//! Before that it asserts the guarantee every test relies on: after one
+//! more reconciler pass, the plugin's `/metrics` count no container in
+//! state `unlimited_unexpectedly` ([`Stack::finish`] does the same and
+//! returns the error instead of panicking).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use iogate_core::{CgroupFs, CgroupVersion, Device, Limits};
@@ -20,6 +25,10 @@ use crate::host_lock::HostLock;
 use crate::loop_disk::LoopDisk;
 use crate::oci_image::{self, TestImage};
 use crate::process::Background;
+use crate::sidecar::{http_get, parse_exposition, sum, Sample};
+
+/// The plugin's default reconcile interval (`--reconcile-interval`).
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PluginMode {
@@ -42,6 +51,10 @@ pub struct StackOptions {
     pub plugin_env: Vec<(String, String)>,
     /// How many data disks (each its own loop device, all throttled).
     pub disks: usize,
+    /// The disks' backing files on a tmpfs ([`LoopDisk::in_memory`]) rather
+    /// than the root disk: for rate checks that need a device faster than
+    /// the limit however busy the host's disk is.
+    pub disks_in_memory: bool,
 }
 
 impl StackOptions {
@@ -55,6 +68,7 @@ impl StackOptions {
             policy: policy.into(),
             plugin_env: Vec::new(),
             disks: 1,
+            disks_in_memory: false,
         }
     }
 
@@ -65,6 +79,11 @@ impl StackOptions {
 
     pub fn with_disks(mut self, disks: usize) -> StackOptions {
         self.disks = disks;
+        self
+    }
+
+    pub fn with_disks_in_memory(mut self) -> StackOptions {
+        self.disks_in_memory = true;
         self
     }
 }
@@ -96,6 +115,15 @@ pub struct Stack {
     cgroups: CgroupFs,
     /// The plugin's whole policy file (the test's TOML plus the data mount).
     policy_text: String,
+    /// What goes around the test's TOML in the policy file.
+    policy_frame: (String, String),
+    /// How many versions of the policy file were written (ConfigMap-style).
+    policy_versions: u32,
+    /// The plugin's `/metrics` (external and pre-registered alike).
+    pub plugin_addr: SocketAddr,
+    pub plugin_mode: PluginMode,
+    /// The teardown's guarantee check ran (or was waived by `discard`).
+    guarantee_checked: bool,
     work: tempfile::TempDir,
     /// How many times an external plugin was started (names its log).
     plugin_starts: u32,
@@ -148,7 +176,7 @@ impl Stack {
         let mut disks = Vec::with_capacity(opts.disks);
         let mut devices = Vec::with_capacity(opts.disks);
         for _ in 0..opts.disks {
-            let disk = LoopDisk::new(512)?;
+            let disk = if opts.disks_in_memory { LoopDisk::in_memory(512)? } else { LoopDisk::new(512)? };
             let (maj, min) = disk.major_minor()?;
             devices.push(Device::new(maj, min));
             disks.push(disk);
@@ -158,12 +186,14 @@ impl Stack {
         let plugin_bin = crate::workspace_binary("iogate-nri-plugin")?;
         let hook_bin = crate::workspace_binary("iogate-oci-hook")?;
         let mounts = disks.iter().map(|d| format!("\"{}\"", d.mount_point().display())).collect::<Vec<_>>();
-        let policy = format!(
-            "hook-path = \"{}\"\n{}\n[devices]\nmounts = [{}]\n",
-            hook_bin.display(),
-            opts.policy,
-            mounts.join(", ")
+        let policy_frame = (
+            format!("hook-path = \"{}\"\n", hook_bin.display()),
+            format!("\n[devices]\nmounts = [{}]\n", mounts.join(", ")),
         );
+        let policy = format!("{}{}{}", policy_frame.0, opts.policy, policy_frame.1);
+        // Port 0 picks a free port; the plugin binds it right after.
+        let plugin_addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        std::fs::write(work.path().join("pod-annotations.json"), "{}\n")?;
         let plugin_log = work.path().join("plugin-pre-registered.log");
         let nri_plugins = match opts.plugin {
             PluginMode::PreRegistered => {
@@ -171,6 +201,9 @@ impl Stack {
                 // environment: a wrapper sets the rest, as an operator would.
                 let wrapper = work.path().join("iogate-nri-plugin-wrapper");
                 let mut script = format!("#!/bin/sh\nexport IOGATE_LOG_FILE='{}'\n", plugin_log.display());
+                for (k, v) in plugin_settings(work.path(), plugin_addr) {
+                    script.push_str(&format!("export {k}='{v}'\n"));
+                }
                 for (k, v) in &opts.plugin_env {
                     script.push_str(&format!("export {k}='{v}'\n"));
                 }
@@ -201,6 +234,11 @@ impl Stack {
             cgroup_parent: format!("/iogate-e2e-{}", std::process::id()),
             cgroups,
             policy_text: policy,
+            policy_frame,
+            policy_versions: 0,
+            plugin_addr,
+            plugin_mode: opts.plugin,
+            guarantee_checked: false,
             work,
             plugin_starts: 0,
             startup: Startup::default(),
@@ -251,19 +289,182 @@ impl Stack {
         if let Some(mut p) = self.plugin.take() {
             p.stop();
         }
-        let policy_path = self.work.path().join("iogate.toml");
-        std::fs::write(&policy_path, &self.policy_text)?;
+        if self.policy_versions == 0 {
+            let text = self.policy_text.clone();
+            self.write_policy_file(&text)?;
+        }
         let containerd = self.containerd.as_ref().context("containerd not running")?;
         let mut argv = vec![crate::workspace_binary("iogate-nri-plugin")?.display().to_string()];
-        argv.extend(["--config".into(), policy_path.display().to_string()]);
+        argv.extend(["--config".into(), self.policy_path().display().to_string()]);
         argv.extend(["--socket".into(), containerd.nri_socket().display().to_string()]);
         let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..]).envs(env.iter().map(|(k, v)| (k, v)));
+        cmd.args(&argv[1..])
+            .envs(plugin_settings(self.work.path(), self.plugin_addr))
+            .envs(env.iter().map(|(k, v)| (k, v)));
         let log = self.work.path().join(format!("plugin-{}.log", self.plugin_starts));
         self.plugin_starts += 1;
         let mut p = Background::spawn("iogate-nri-plugin", cmd, &log)?;
         p.wait_for("connected to runtime", 1, Duration::from_secs(20))?;
         self.plugin = Some(p);
+        Ok(())
+    }
+
+    /// Where the external plugin's policy file is: `config/iogate.toml`, a
+    /// symlink into `config/..data/`, laid out as Kubernetes mounts a
+    /// ConfigMap.
+    pub fn policy_path(&self) -> PathBuf {
+        self.work.path().join("config/iogate.toml")
+    }
+
+    /// Replaces the test's part of the policy (the hook path and the data
+    /// mounts stay), as an edited ConfigMap reaches the pod.
+    pub fn update_policy(&mut self, policy: &str) -> Result<()> {
+        let text = format!("{}{}{}", self.policy_frame.0, policy, self.policy_frame.1);
+        self.write_policy_file(&text)?;
+        self.policy_text = text;
+        Ok(())
+    }
+
+    /// Writes `text` as the policy file's new version the way the kubelet
+    /// updates a ConfigMap volume: a new directory, then the `..data`
+    /// symlink renamed onto it, then the old directory removed.
+    pub fn write_policy_file(&mut self, text: &str) -> Result<()> {
+        let dir = self.work.path().join("config");
+        std::fs::create_dir_all(&dir)?;
+        self.policy_versions += 1;
+        let version = format!("..v{}", self.policy_versions);
+        std::fs::create_dir(dir.join(&version))?;
+        std::fs::write(dir.join(&version).join("iogate.toml"), text)?;
+        let _ = std::fs::remove_file(dir.join("..data_tmp"));
+        std::os::unix::fs::symlink(&version, dir.join("..data_tmp"))?;
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data"))?;
+        if self.policy_versions == 1 {
+            std::os::unix::fs::symlink("..data/iogate.toml", dir.join("iogate.toml"))?;
+        } else {
+            std::fs::remove_dir_all(dir.join(format!("..v{}", self.policy_versions - 1)))?;
+        }
+        Ok(())
+    }
+
+    /// Sets the pod annotations the plugin sees as the API server's
+    /// (`--pod-annotations-file`): `{"namespace/name": {key: value}}`,
+    /// written whole and renamed into place.
+    pub fn set_pod_annotations(&self, pods: &serde_json::Value) -> Result<()> {
+        let path = self.work.path().join("pod-annotations.json");
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(pods)?)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// Where the plugin's injected hooks report.
+    pub fn hook_log_dir(&self) -> PathBuf {
+        self.work.path().join("hooks")
+    }
+
+    /// The plugin's `/metrics`, parsed.
+    pub fn plugin_metrics(&self) -> Result<Vec<Sample>> {
+        let (status, body) = http_get(self.plugin_addr, "/metrics").context("reading the plugin's /metrics")?;
+        anyhow::ensure!(status == 200, "the plugin's /metrics answered {status}: {body}");
+        parse_exposition(&body)
+    }
+
+    /// One value of the plugin's metrics: the sum of `name`'s samples
+    /// whose labels include `labels`.
+    pub fn plugin_metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+        Ok(sum(&self.plugin_metrics()?, name, labels))
+    }
+
+    /// Waits until the reconciler has completed a pass that began after
+    /// this call (at most an interval and a bit).
+    pub fn wait_for_reconcile_pass(&self) -> Result<()> {
+        let passes = |s: &Stack| s.plugin_metric("iogate_reconcile_tick_seconds_count", &[]);
+        let before = passes(self)?;
+        let deadline = Instant::now() + RECONCILE_INTERVAL + Duration::from_secs(10);
+        // A pass already under way when this starts (it takes
+        // milliseconds every interval) would count too: a negligible window.
+        while passes(self)? < before + 1.0 {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the plugin's reconciler completed no pass within {:?}",
+                RECONCILE_INTERVAL + Duration::from_secs(10)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// The guarantee: after a fresh reconciler pass, no container of this
+    /// stack's containerd is in state `unlimited_unexpectedly`. Skipped,
+    /// with a note, where no plugin runs (the hook-only stack, or a test
+    /// that ended with the plugin stopped).
+    pub fn assert_no_unlimited_unexpectedly(&self) -> Result<()> {
+        let running = match self.plugin_mode {
+            PluginMode::BaseRuntimeSpecHook => false,
+            PluginMode::External => self.plugin.is_some(),
+            PluginMode::PreRegistered => self.containerd.is_some(),
+        };
+        if !running {
+            eprintln!(
+                "stack teardown: no iogate plugin runs, so there is no reconciler to ask about unlimited containers"
+            );
+            return Ok(());
+        }
+        self.wait_for_reconcile_pass()?;
+        let metrics = self.plugin_metrics()?;
+        let unexpected = sum(&metrics, "iogate_containers", &[("state", "unlimited_unexpectedly")]);
+        if unexpected > 0.0 {
+            let log = self.plugin_log();
+            let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+            anyhow::bail!(
+                "{unexpected} container(s) in state unlimited_unexpectedly at the end of the test; the plugin's warnings:\n{}",
+                warnings.join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    /// Takes the stack down after asserting the guarantee; the error
+    /// instead of the teardown's panic.
+    pub fn finish(mut self) -> Result<()> {
+        self.guarantee_checked = true;
+        self.assert_no_unlimited_unexpectedly()
+    }
+
+    /// Takes the stack down without the guarantee's check: for a stack
+    /// whose check already failed and was reported (the node VM's agent).
+    pub fn discard(mut self) {
+        self.guarantee_checked = true;
+    }
+
+    /// Takes data disk `device` away from the host (unmounted, loop device
+    /// detached and removed) and waits until the kernel no longer knows it: the
+    /// "device that disappears" under a running policy. Pods' data dirs
+    /// move to the first remaining disk.
+    pub fn remove_disk(&mut self, device: Device) -> Result<()> {
+        let at = self.devices.iter().position(|d| *d == device).context("no such data disk")?;
+        anyhow::ensure!(self.disks.len() > 1, "the stack's only data disk cannot go");
+        self.disks.remove(at).unplug(Duration::from_secs(10))?;
+        self.devices.remove(at);
+        self.device = self.devices[0];
+        let node = PathBuf::from(format!("/sys/dev/block/{device}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.exists() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} still exists 10 s after the disk was detached",
+                node.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Kills the external plugin by PID (SIGKILL: no goodbye to
+    /// containerd), as a crash or an OOM kill would.
+    pub fn kill_plugin(&mut self) -> Result<()> {
+        let mut p = self.plugin.take().context("no external plugin runs")?;
+        p.stop_with(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
         Ok(())
     }
 
@@ -343,6 +544,11 @@ impl Stack {
         Ok(self.cgroups.cgroup_of_pid(pid)?)
     }
 
+    /// This machine's block-I/O cgroup hierarchy.
+    pub fn cgroups(&self) -> &CgroupFs {
+        &self.cgroups
+    }
+
     pub fn cgroup_version(&self) -> CgroupVersion {
         self.cgroups.version
     }
@@ -350,6 +556,10 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        // Checked first, while pods and plugin run; reported last, so the
+        // teardown happens either way.
+        let guarantee =
+            (!self.guarantee_checked && !std::thread::panicking()).then(|| self.assert_no_unlimited_unexpectedly());
         if let Some(mut cri) = self.cri.take() {
             if let Err(e) = cri.remove_all_pods() {
                 eprintln!("stack teardown: removing pods: {e:#}");
@@ -363,7 +573,20 @@ impl Drop for Stack {
             let _ = Command::new("systemctl").args(["stop", "kubepods-besteffort.slice"]).status();
         }
         self.disks.clear();
+        if let Some(Err(e)) = guarantee {
+            panic!("stack teardown: {e:#}");
+        }
     }
+}
+
+/// The plugin's settings every stack gives it: its metrics port, its hooks'
+/// report directory and the annotations stand-in, in the stack's work dir.
+fn plugin_settings(work: &Path, addr: SocketAddr) -> Vec<(String, String)> {
+    vec![
+        ("IOGATE_METRICS_LISTEN".into(), addr.to_string()),
+        ("IOGATE_HOOK_LOG_DIR".into(), work.join("hooks").display().to_string()),
+        ("IOGATE_POD_ANNOTATIONS_FILE".into(), work.join("pod-annotations.json").display().to_string()),
+    ]
 }
 
 /// Runs the shipped recipe with this version's `ctr`, then points the hook

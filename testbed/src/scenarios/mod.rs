@@ -8,6 +8,7 @@
 
 pub mod attribution;
 pub mod devices;
+pub mod guarantee;
 pub mod holding;
 mod notes;
 pub mod policy;
@@ -46,6 +47,25 @@ pub enum Check {
     /// The metrics sidecar's eBPF program loads on this kernel and charges
     /// a pod's I/O to the pod ([`attribution`]).
     SidecarAttribution,
+    /// Two disks, the first disappears: the hook's failure is reported,
+    /// counted and repaired at start ([`guarantee::hook_failure_repaired`]).
+    /// Takes the disk away: the stack is discarded after it.
+    HookFailureRepaired,
+    /// The same in strict mode: the container is refused
+    /// ([`guarantee::hook_failure_refused_in_strict_mode`]).
+    HookFailureRefused,
+    /// Plugin killed, a pod created, plugin restarted: its limits within an
+    /// interval ([`guarantee::outage_repaired_after_restart`]).
+    OutageRepaired,
+    /// A limit overwritten by hand is restored within an interval, and how
+    /// ([`guarantee::overwritten_limit_restored`]).
+    DriftRepaired,
+    /// Whether NRI UpdateContainers with unified io.max lands on this
+    /// containerd ([`guarantee::update_containers_measured`]).
+    UpdateContainersLands,
+    /// Annotations and the policy file changed on a running pod
+    /// ([`guarantee::live_policy`]).
+    LivePolicy,
 }
 
 impl Check {
@@ -62,14 +82,30 @@ impl Check {
             Check::LimitsHold => "limits_survive_daemon_reload_and_containerd_restart",
             Check::SeveralDevices => "several_devices_limited_through_the_hook",
             Check::SidecarAttribution => "sidecar_attributes_a_pod_within_5_percent",
+            Check::HookFailureRepaired => "failed_hook_reported_counted_and_repaired",
+            Check::HookFailureRefused => "failed_hook_refuses_the_container_in_strict_mode",
+            Check::OutageRepaired => "pod_created_during_an_outage_limited_after_restart",
+            Check::DriftRepaired => "overwritten_limit_restored_within_an_interval",
+            Check::UpdateContainersLands => "nri_update_containers_with_unified_io_max",
+            Check::LivePolicy => "annotation_and_config_changes_reach_running_pods",
         }
     }
 
     fn disks(self) -> usize {
         match self {
-            Check::SeveralDevices => 2,
+            Check::SeveralDevices | Check::HookFailureRepaired | Check::HookFailureRefused => 2,
             _ => 1,
         }
+    }
+
+    /// The stack's plugin runs in strict mode.
+    fn strict(self) -> bool {
+        self == Check::HookFailureRefused
+    }
+
+    /// The check takes a data disk away: no later check can use its stack.
+    fn consumes_stack(self) -> bool {
+        matches!(self, Check::HookFailureRepaired | Check::HookFailureRefused)
     }
 }
 
@@ -92,15 +128,19 @@ impl fmt::Display for Scenario {
 /// the plugin as started).
 #[derive(Default)]
 pub struct Stacks {
-    current: Option<((Version, CgroupDriver, usize), Stack)>,
+    current: Option<((Version, CgroupDriver, usize, bool), Stack)>,
 }
 
 impl Stacks {
     fn get(&mut self, lock: &HostLock, scenario: &Scenario, notes: &mut Notes) -> &mut Stack {
-        let key = (scenario.containerd, scenario.driver, scenario.check.disks());
+        let key = (scenario.containerd, scenario.driver, scenario.check.disks(), scenario.check.strict());
         if self.current.as_ref().is_none_or(|(k, _)| *k != key) {
-            self.current = None;
-            let opts = StackOptions::external(key.0, policy::POLICY).with_driver(key.1).with_disks(key.2);
+            // Each check asserted the guarantee at its end (`run`).
+            self.discard();
+            let mut opts = StackOptions::external(key.0, policy::POLICY).with_driver(key.1).with_disks(key.2);
+            if key.3 {
+                opts.plugin_env.push(("IOGATE_STRICT".into(), "true".into()));
+            }
             let stack = Stack::start(lock, opts).unwrap();
             notes.note(format!(
                 "{} with the {}, {} disk(s): stack ready in {:.1} s ({})",
@@ -115,9 +155,12 @@ impl Stacks {
         &mut self.current.as_mut().expect("started above").1
     }
 
-    /// Forgets the stack (a check failed half-way: it may not be clean).
+    /// Forgets the stack (a check failed half-way: it may not be clean),
+    /// without the teardown's guarantee check: the failure is reported.
     pub fn discard(&mut self) {
-        self.current = None;
+        if let Some((_, stack)) = self.current.take() {
+            stack.discard();
+        }
     }
 }
 
@@ -134,7 +177,21 @@ impl Scenario {
             Check::LimitsHold => holding::limits_survive_reload_and_restart(stack, notes),
             Check::SeveralDevices => devices::several_devices(stack, notes),
             Check::SidecarAttribution => attribution::pod_attributed(stack, notes),
+            Check::HookFailureRepaired => guarantee::hook_failure_repaired(stack, notes),
+            Check::HookFailureRefused => guarantee::hook_failure_refused_in_strict_mode(stack, notes),
+            Check::OutageRepaired => guarantee::outage_repaired_after_restart(stack, notes),
+            Check::DriftRepaired => guarantee::overwritten_limit_restored(stack, notes),
+            Check::UpdateContainersLands => {
+                guarantee::update_containers_measured(stack, notes);
+            }
+            Check::LivePolicy => guarantee::live_policy(stack, notes),
         }
+        // What every test ends with (the stack's teardown asserts it on
+        // the host; a kept stack is torn down only later).
+        stack.assert_no_unlimited_unexpectedly().unwrap();
         stack.cri().remove_all_pods().unwrap();
+        if self.check.consumes_stack() {
+            stacks.discard();
+        }
     }
 }

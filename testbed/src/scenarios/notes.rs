@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Gets each line as it is taken.
+/// Gets every line and step of [`Notes`] as it is taken.
 type Watcher = Box<dyn FnMut(&str) + Send>;
 
 /// What a check measured, line by line ("shop/plain: limit 100 IOPS,

@@ -5,7 +5,10 @@
 //! * `hook`: one `iogate-oci-hook apply` run against a real cgroup, beside a
 //!   `/bin/true` spawn measured in the same loop (the floor for any hook);
 //! * `start`: CreateContainer + StartContainer on real containerd 2.1, with
-//!   the plugin connected and without, alternating in blocks in one run.
+//!   the plugin connected and without, alternating in blocks in one run;
+//! * `reconcile`: the plugin's reconciler pass (read back every running
+//!   container's limits, compare with the policy) with no container, then
+//!   with 200 containers started as fast as containerd takes them.
 //!
 //! Figures are medians and 95th percentiles; compare the ratios within one
 //! run, not absolute numbers across machines.
@@ -163,6 +166,99 @@ fn bench_start() -> Result<()> {
     Ok(())
 }
 
+/// The `took_us` of the plugin's `reconcile pass` debug lines that
+/// checked `containers` containers, once there are at least `n` of them.
+fn passes_over(stack: &Stack, containers: usize, n: usize, timeout: Duration) -> Result<Vec<Duration>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let field = |line: &str, key: &str| -> Option<u64> {
+            line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        };
+        let took: Vec<Duration> = stack
+            .plugin_log()
+            .lines()
+            .filter(|l| l.contains("reconcile pass") && field(l, "containers") == Some(containers as u64))
+            .filter_map(|l| field(l, "took_us"))
+            .map(Duration::from_micros)
+            .collect();
+        if took.len() >= n {
+            return Ok(took);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} reconcile passes over {containers} containers within {timeout:?}",
+            took.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn bench_reconcile() -> Result<()> {
+    const CONTAINERS: usize = 200;
+    const WORKERS: usize = 4;
+    let lock = HostLock::acquire()?;
+    let mut opts = StackOptions::external(Version::V2_1, "");
+    opts.plugin_env = vec![
+        ("IOGATE_RECONCILE_INTERVAL".into(), "250ms".into()),
+        ("IOGATE_LOG".into(), "info,iogate_nri_plugin::reconciler=debug".into()),
+    ];
+    let stack = Stack::start(&lock, opts)?;
+    let idle = passes_over(&stack, 0, 40, Duration::from_secs(60))?;
+
+    let containerd = stack.containerd.as_ref().context("containerd runs")?;
+    let (address, logs) = (containerd.address(), containerd.pod_log_dir());
+    let data = stack.data_dir("reconcile")?;
+    let specs: Vec<_> = (0..CONTAINERS).map(|i| stack.pod_spec("bench", &format!("r{i}"), &[])).collect();
+    let image = stack.image.reference.clone();
+    let started = Instant::now();
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = specs
+            .chunks(CONTAINERS.div_ceil(WORKERS))
+            .map(|chunk| {
+                let (address, logs, data, image) = (&address, &logs, &data, &image);
+                scope.spawn(move || -> Result<()> {
+                    let mut cri = iogate_testbed::cri_client::Cri::connect(address, logs)?;
+                    for spec in chunk {
+                        let pod = cri.run_pod(spec)?;
+                        let ctr = ContainerSpec {
+                            name: "app".into(),
+                            image: image.clone(),
+                            command: vec!["/bin/sleep".into(), "3600".into()],
+                            mounts: vec![(data.clone(), "/data".into())],
+                        };
+                        let id = cri.create_container(&pod, &ctr).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+                        cri.start_container(&id)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+        }
+        Ok(())
+    })?;
+    let start_took = started.elapsed();
+    let full = passes_over(&stack, CONTAINERS, 200, Duration::from_secs(180))?;
+    let p = |mut v: Vec<Duration>| {
+        v.sort();
+        (percentile(&v, 0.5), percentile(&v, 0.99), *v.last().expect("passes"))
+    };
+    let ((i50, i99, _), (f50, f99, fmax)) = (p(idle.clone()), p(full.clone()));
+    println!(
+        "reconcile: {CONTAINERS} containers started in {:.1} s ({WORKERS} CRI clients, {:.1}/s); pass over {CONTAINERS}: median {f50:?}, p99 {f99:?}, max {fmax:?} ({} passes); over none: median {i50:?}, p99 {i99:?} ({} passes); per container {:.1} µs (median difference / {CONTAINERS})",
+        start_took.as_secs_f64(),
+        CONTAINERS as f64 / start_took.as_secs_f64(),
+        full.len(),
+        idle.len(),
+        (f50.as_secs_f64() - i50.as_secs_f64()) * 1e6 / CONTAINERS as f64
+    );
+    let unexpected = stack.plugin_metric("iogate_containers", &[("state", "unlimited_unexpectedly")])?;
+    let limited = stack.plugin_metric("iogate_containers", &[("state", "limited")])?;
+    println!("reconcile: states at the end: {limited} limited, {unexpected} unlimited_unexpectedly");
+    stack.finish()
+}
+
 fn main() -> Result<()> {
     let which: Vec<String> = std::env::args().skip(1).collect();
     let all = which.is_empty();
@@ -175,6 +271,9 @@ fn main() -> Result<()> {
     }
     if want("start") {
         bench_start()?;
+    }
+    if want("reconcile") {
+        bench_reconcile()?;
     }
     Ok(())
 }

@@ -77,7 +77,7 @@ fn main() -> Result<()> {
     }
     println!("\nwhat the plugin logged:");
     for line in
-        stack.plugin_log().lines().filter(|l| l.contains("limits ") || l.contains("no limits") || l.contains("WARN"))
+        stack.plugin_log().lines().filter(|l| l.contains("limits") || l.contains("hook injected") || l.contains("WARN"))
     {
         println!("  {line}");
     }
