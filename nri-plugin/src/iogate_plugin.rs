@@ -1,5 +1,6 @@
 //! iogate as an NRI plugin: it handles CreateContainer (and the Synchronize
-//! every plugin gets), each a thin call into [`Admission`].
+//! every plugin gets), each a thin call into [`Admission`], and
+//! RemovePodSandbox, to forget the pod's containers.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -7,8 +8,8 @@ use std::sync::{Arc, RwLock};
 use anyhow::{Context, Result};
 use iogate_core::device::DeviceResolver;
 use iogate_core::{CgroupFs, Config, Device, Policy};
-use nri::{api, CreateContainer, HandlerResult, Plugin, Subscriptions};
-use tracing::info;
+use nri::{api, CreateContainer, HandlerResult, Notification, Plugin, StateChange, Subscriptions};
+use tracing::{info, warn};
 
 use crate::admission::Admission;
 
@@ -62,8 +63,9 @@ impl IogatePlugin {
 /// that does not exist, an unknown cgroup layout or a missing hook binary
 /// stop the plugin with an error instead of leaving containers unthrottled.
 pub fn build_admission(config: Config) -> Result<Admission> {
-    let devices = resolve_devices(&config)?;
+    let devices = DeviceResolver::default().resolve_all(&config.mounts, &config.devices)?;
     let cgroups = CgroupFs::detect(config.cgroup_mode).context("finding the block-I/O cgroup hierarchy")?;
+    log_policy(&config);
     let admission = Admission::new(Policy::new(config, devices.clone()), cgroups);
     admission.check_hook()?;
     let list = devices.iter().map(Device::to_string).collect::<Vec<_>>().join(", ");
@@ -71,32 +73,40 @@ pub fn build_admission(config: Config) -> Result<Admission> {
     Ok(admission)
 }
 
-pub fn resolve_devices(config: &Config) -> Result<Vec<Device>> {
-    let r = DeviceResolver::default();
-    let mut out = Vec::new();
-    for m in &config.mounts {
-        let d = r.resolve_mount(m)?;
-        info!(mount = %m.display(), device = %d, "data mount resolved to its whole disk");
-        out.push(d);
-    }
-    for spec in &config.devices {
-        out.push(r.resolve_device(spec)?);
-    }
-    out.sort();
-    out.dedup();
-    anyhow::ensure!(
-        !out.is_empty(),
-        "no devices to throttle: set DATA_MOUNT, IOGATE_DEVICES or [devices] in the config"
+/// What an admin must be able to read off the log at start-up: who is left
+/// alone, and how far each namespace may lift its limits.
+fn log_policy(config: &Config) {
+    let x = &config.exclusions;
+    let images = x.images.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+    info!(
+        namespaces = %x.namespaces.join(","),
+        containers = %x.containers.join(","),
+        images = %images.join(","),
+        "exclusions (whole names only)"
     );
-    Ok(out)
+    if !x.keywords.is_empty() {
+        warn!(
+            keywords = %x.keywords.join(","),
+            "compatibility switch on ([compat] exclude-keywords): every container whose name, image, pod name or \
+             namespace CONTAINS one of these keywords gets no limits; tenants choose those names, so any tenant can \
+             escape its limits (unsafe where tenants share a node)"
+        );
+    }
+    for (namespace, ceiling) in config.effective_ceilings() {
+        match namespace {
+            None => info!(ceiling = %ceiling, "ceiling for every namespace without a table of its own"),
+            Some(ns) => info!(namespace = ns, ceiling = %ceiling, "ceiling for namespace {ns}"),
+        }
+    }
 }
 
 impl Plugin for IogatePlugin {
-    /// Only CreateContainer: the limits go into the spec of every container
-    /// being created, and running ones are limited once, at Synchronize.
+    /// CreateContainer: the limits go into the spec of every container being
+    /// created, and running ones are limited once, at Synchronize.
+    /// RemovePodSandbox: the pod's remembered container names go with it.
     fn configure(self: Arc<Self>, req: &api::ConfigureRequest, events: &mut Subscriptions) -> HandlerResult<()> {
         self.reconfigure(req)?;
-        events.on_create_container(self);
+        events.on_create_container(self.clone()).on_state_change(&[Notification::RemovePodSandbox], self);
         Ok(())
     }
 
@@ -108,6 +118,22 @@ impl Plugin for IogatePlugin {
         info!(pods = pods.len(), containers = containers.len(), "synchronizing existing containers");
         self.current()?.synchronize(pods, containers);
         Ok(Vec::new())
+    }
+}
+
+impl StateChange for IogatePlugin {
+    fn state_change(
+        &self,
+        event: Notification,
+        pod: &api::PodSandbox,
+        _ctr: Option<&api::Container>,
+    ) -> HandlerResult<()> {
+        if event == Notification::RemovePodSandbox {
+            if let Ok(a) = self.current() {
+                a.forget_pod(&pod.id);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -160,7 +186,10 @@ mod tests {
                 assert!(adj.hooks.is_some() || adj.linux.is_some(), "expected limits in {adj:?}");
                 let mut events = Subscriptions::default();
                 Arc::new(p).configure(&req, &mut events).unwrap();
-                assert_eq!(events.mask(), nri::EventMask::from(api::Event::CREATE_CONTAINER));
+                assert_eq!(
+                    events.mask(),
+                    nri::EventMask::of(&[api::Event::CREATE_CONTAINER, api::Event::REMOVE_POD_SANDBOX])
+                );
             }
             // A machine whose temp dir is not on a block device (tmpfs)
             // cannot resolve it; the error must say so.
