@@ -10,10 +10,6 @@
 //! `--log`), and the container runs. `--strict` turns every error into a
 //! refusal, which the runtime reports to the user.
 
-mod annotated;
-mod cli;
-mod input;
-
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -22,7 +18,8 @@ use iogate_core::config::{self, Config};
 use iogate_core::device::DeviceResolver;
 use iogate_core::{CgroupFs, ContainerInfo, Decision, DeviceLimits, Policy};
 
-use cli::{Mode, Options};
+use iogate_oci_hook::cli::{self, Mode, Options};
+use iogate_oci_hook::{annotated, input};
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok()
