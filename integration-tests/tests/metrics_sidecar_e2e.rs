@@ -131,7 +131,7 @@ fn cgroup_entry(sidecar: &Sidecar, label: &str) -> Result<(Value, Value)> {
 fn a_throttled_cgroup_shows_its_limit_and_a_queue_bottleneck() -> Result<()> {
     require_root();
     let _lock = HostLock::acquire()?;
-    let disk = LoopDisk::new(256)?;
+    let disk = LoopDisk::in_memory(256)?;
     let device = device_of(&disk)?;
     let sidecar = Sidecar::start(INTERVAL, &["--source", "ebpf"])?;
     let cg = BlkioCgroup::create("throttled")?;

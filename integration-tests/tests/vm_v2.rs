@@ -81,11 +81,8 @@ fn run_in_vm(kernel: &Kernel, scenario: Scenario) -> Result<(), Failed> {
         }
     }
     let vm = booted.vm.as_mut().expect("booted above");
-    match vm.run(scenario, CHECK_TIMEOUT) {
+    match vm.run(scenario, CHECK_TIMEOUT, |line| println!("  {line}")) {
         Ok(outcome) => {
-            for note in &outcome.notes {
-                println!("  {note}");
-            }
             println!("  ({scenario} took {:.1} s in the VM)", outcome.seconds);
             match outcome.failure {
                 None => Ok(()),

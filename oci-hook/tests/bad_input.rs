@@ -158,20 +158,31 @@ fn bad_arguments() {
 
 #[test]
 fn refuses_to_throttle_the_root_cgroup() {
-    // Only meaningful (and only safe) where this test runs in the root blkio
-    // cgroup of a v1 host, as on the CI machines.
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-    if !own.lines().any(|l| l.contains(":blkio:") && l.ends_with(":/")) {
-        eprintln!("skipped: this test process is not in the root v1 blkio cgroup");
-        return;
+    // A process of our own, moved into the root of the host's block-I/O
+    // hierarchy, stands in for a container that was never given a cgroup.
+    let (procs, version) = if std::path::Path::new("/sys/fs/cgroup/blkio/cgroup.procs").exists() {
+        ("/sys/fs/cgroup/blkio/cgroup.procs", "v1")
+    } else {
+        ("/sys/fs/cgroup/cgroup.procs", "v2")
+    };
+    let mut sleeper = Command::new("sleep").arg("60").spawn().expect("spawning sleep");
+    struct Reap<'a>(&'a mut std::process::Child);
+    impl Drop for Reap<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
-    let state =
-        format!(r#"{{"ociVersion":"1.0.2","id":"c1","status":"created","pid":{},"bundle":"/b"}}"#, std::process::id());
+    let pid = sleeper.id();
+    let _reap = Reap(&mut sleeper);
+    std::fs::write(procs, pid.to_string())
+        .unwrap_or_else(|e| panic!("moving pid {pid} into {procs} (this test needs root): {e}"));
+    let state = format!(r#"{{"ociVersion":"1.0.2","id":"c1","status":"created","pid":{pid},"bundle":"/b"}}"#);
     let (code, err) = hook(&["apply", "--io-max", "7:0 riops=1", "--strict"], &state, &[]);
     assert_eq!(code, 1, "{err}");
     assert_eq!(
         err,
-        format!("iogate-oci-hook: error: process {} is in the root v1 cgroup: expected a container's own cgroup; refusing to throttle the whole host{FAIL_CLOSED}", std::process::id())
+        format!("iogate-oci-hook: error: process {pid} is in the root {version} cgroup: expected a container's own cgroup; refusing to throttle the whole host{FAIL_CLOSED}")
     );
 }
 

@@ -12,7 +12,7 @@ use std::os::fd::AsFd;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::process::{Command, ExitCode};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -47,15 +47,15 @@ fn serve(port: &Path) -> Result<()> {
     let file =
         OpenOptions::new().read(true).write(true).open(port).with_context(|| format!("opening {}", port.display()))?;
     raw_mode(&file).with_context(|| format!("setting {} to raw mode", port.display()))?;
-    let mut out = file.try_clone()?;
+    let out = Arc::new(Mutex::new(file.try_clone()?));
     let input = BufReader::new(file);
 
     if let Err(e) = prepare_node() {
-        send(&mut out, &FromAgent::Fatal { message: format!("{e:#}") })?;
+        send(&out, &FromAgent::Fatal { message: format!("{e:#}") })?;
         return Err(e);
     }
     let lock = HostLock::acquire()?;
-    send(&mut out, &FromAgent::Hello(hello()?))?;
+    send(&out, &FromAgent::Hello(hello()?))?;
 
     std::panic::set_hook(Box::new(|info| {
         let text = info.to_string();
@@ -74,7 +74,11 @@ fn serve(port: &Path) -> Result<()> {
             ToAgent::Run { id, scenario } => {
                 eprintln!("iogate-vm-agent: running {scenario}");
                 let started = Instant::now();
-                let mut notes = Notes::default();
+                let progress = Arc::clone(&out);
+                let mut notes = Notes::watched(move |line| {
+                    eprintln!("iogate-vm-agent: {line}");
+                    let _ = send(&progress, &FromAgent::Progress { id, line: line.to_string() });
+                });
                 let result =
                     std::panic::catch_unwind(AssertUnwindSafe(|| scenario.run(&lock, &mut stacks, &mut notes)));
                 if result.is_err() {
@@ -90,8 +94,10 @@ fn serve(port: &Path) -> Result<()> {
                             .unwrap_or_else(|| "the check panicked".into())
                     })
                 });
-                let outcome = Outcome { failure, notes: notes.lines, seconds: started.elapsed().as_secs_f64() };
-                send(&mut out, &FromAgent::Done { id, outcome })?;
+                // The lines went to the host as they came.
+                drop(notes);
+                let outcome = Outcome { failure, seconds: started.elapsed().as_secs_f64() };
+                send(&out, &FromAgent::Done { id, outcome })?;
             }
             ToAgent::Exec { id, command } => {
                 let (status, output) = match Command::new("sh").arg("-c").arg(&command).output() {
@@ -101,7 +107,7 @@ fn serve(port: &Path) -> Result<()> {
                     ),
                     Err(e) => (-1, format!("running sh -c {command:?}: {e}")),
                 };
-                send(&mut out, &FromAgent::Output { id, status, output })?;
+                send(&out, &FromAgent::Output { id, status, output })?;
             }
             ToAgent::PowerOff => break,
         }
@@ -164,11 +170,14 @@ fn hello() -> Result<Hello> {
     })
 }
 
-fn send(out: &mut std::fs::File, msg: &FromAgent) -> Result<()> {
+/// One message, one line; the lock keeps a progress line from the middle
+/// of another message.
+fn send(out: &Mutex<std::fs::File>, msg: &FromAgent) -> Result<()> {
     let mut line = serde_json::to_vec(msg)?;
     line.push(b'\n');
-    out.write_all(&line).context("writing to the host")?;
-    out.flush()?;
+    let mut port = out.lock().unwrap_or_else(|p| p.into_inner());
+    port.write_all(&line).context("writing to the host")?;
+    port.flush()?;
     Ok(())
 }
 

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::notes::Notes;
 use super::policy::limits;
-use super::Notes;
 use crate::fio::{read_json, Job, Rw};
 use crate::sidecar::{sum, Sidecar};
 use crate::stack::{Stack, DATA_IN_CONTAINER};
@@ -37,7 +37,9 @@ pub fn pod_attributed(stack: &mut Stack, notes: &mut Notes) {
     // The container stays up after fio: the sidecar forgets a cgroup once
     // it is gone, and the count is read from the live one.
     let fio = job.command(DATA_IN_CONTAINER).join(" ");
-    let script = format!("{fio}; echo $? > {DATA_IN_CONTAINER}/fio.rc; exec sleep 600");
+    let script = format!(
+        "{fio}; echo $? > {DATA_IN_CONTAINER}/fio.rc.new && mv {DATA_IN_CONTAINER}/fio.rc.new {DATA_IN_CONTAINER}/fio.rc; exec sleep 600"
+    );
     let run = stack.run(&spec, "fio", vec!["/bin/sh".into(), "-c".into(), script], &data).unwrap();
     assert_eq!(stack.limits_of(run.pid).unwrap(), limits(100, 100));
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -3,8 +3,8 @@
 //! injects the createRuntime hook, which writes a line per device before
 //! the container's process runs.
 
+use super::notes::Notes;
 use super::policy::{assert_fio_throttled, limits, mechanism, sleeper};
-use super::Notes;
 use crate::stack::Stack;
 
 pub fn several_devices(stack: &mut Stack, notes: &mut Notes) {

@@ -7,8 +7,8 @@ use std::process::Command;
 
 use iogate_core::Limits;
 
+use super::notes::Notes;
 use super::policy::{limits, sleeper};
-use super::Notes;
 use crate::stack::Stack;
 
 pub fn limits_survive_reload_and_restart(stack: &mut Stack, notes: &mut Notes) {

@@ -9,6 +9,7 @@
 pub mod attribution;
 pub mod devices;
 pub mod holding;
+mod notes;
 pub mod policy;
 pub mod writeback;
 
@@ -20,31 +21,7 @@ use crate::containerd_daemon::{CgroupDriver, Version};
 use crate::host_lock::HostLock;
 use crate::stack::{Stack, StackOptions};
 
-/// What a check measured, line by line ("shop/plain: limit 200 IOPS,
-/// measured 199.8").
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct Notes {
-    pub lines: Vec<String>,
-    /// Also print each line to stderr as it comes (the host does; the VM
-    /// agent sends them back instead).
-    #[serde(skip)]
-    pub echo: bool,
-}
-
-impl Notes {
-    /// Notes that are printed as they are taken.
-    pub fn printed() -> Notes {
-        Notes { lines: Vec::new(), echo: true }
-    }
-
-    pub fn note(&mut self, line: impl Into<String>) {
-        let line = line.into();
-        if self.echo {
-            eprintln!("{line}");
-        }
-        self.lines.push(line);
-    }
-}
+pub use notes::Notes;
 
 /// One check of the node VM, on one containerd with one cgroup driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use iogate_core::{CgroupVersion, Limits};
 use serde::{Deserialize, Serialize};
 
-use super::Notes;
+use super::notes::Notes;
 use crate::containerd_daemon::{CgroupDriver, Version};
 use crate::fio::{self, Job, Measured, Rw};
 use crate::host_lock::HostLock;
@@ -145,12 +145,15 @@ pub fn suite_on(stack: &mut Stack, scope: Scope, notes: &mut Notes) {
     let lap = Instant::now();
 
     // Defaults, from the first second.
+    notes.step("fio in a plain pod");
     assert_fio_throttled(stack, "shop", "plain", &[], limits(100, 100), 100.0, notes);
+    notes.step("fio in an annotated pod");
     // Annotation override (below the ceiling).
     assert_fio_throttled(stack, "shop", "annotated", &[("iogate.io/read-iops", "50")], limits(50, 100), 50.0, notes);
     assert!(stack.plugin_log().contains(mechanism), "{v}: expected limits via {mechanism}:\n{}", stack.plugin_log());
 
     // Clamp to the namespace ceiling, with the reason logged.
+    notes.step("ceilings and exemptions");
     let got = limits_of_new(stack, "shop", "greedy", "app", &[("iogate.io/read-iops", "5000")]);
     assert_eq!(got, limits(200, 100), "{v}: clamp");
     assert!(stack
@@ -164,6 +167,7 @@ pub fn suite_on(stack: &mut Stack, scope: Scope, notes: &mut Notes) {
     assert_eq!(got, limits(100, 100), "{v}: exemption outside trusted");
 
     if scope == Scope::Everything {
+        notes.step("exclusions and malformed annotations");
         // Exclusions name namespaces exactly (the default: kube-system), so
         // a tenant cannot escape by naming: a container named istio-proxy
         // in shop gets the defaults, and only the real exclusion warns.
@@ -199,6 +203,7 @@ pub fn suite_on(stack: &mut Stack, scope: Scope, notes: &mut Notes) {
     }
 
     // containerd restarts: the plugin reconnects and the next pod is limited.
+    notes.step("containerd restart");
     stack.restart_containerd().unwrap();
     stack.plugin.as_mut().unwrap().wait_for("connected to runtime", 2, Duration::from_secs(120)).unwrap();
     let got = limits_of_new(stack, "shop", "after-restart", "app", &[]);
@@ -206,6 +211,7 @@ pub fn suite_on(stack: &mut Stack, scope: Scope, notes: &mut Notes) {
 
     // A container that started while no plugin ran gets its limits when the
     // plugin connects (Synchronize): written into its cgroup, found by PID.
+    notes.step("a container started while no plugin ran");
     stack.plugin.take().unwrap().stop();
     let spec = stack.pod_spec("shop", "early", &[("iogate.io/read-iops", "60")]);
     let data = stack.data_dir("early").unwrap();
@@ -224,6 +230,7 @@ pub fn suite_on(stack: &mut Stack, scope: Scope, notes: &mut Notes) {
 
     if scope == Scope::Everything {
         // Strict mode: the malformed annotation refuses the container.
+        notes.step("strict mode");
         stack.start_external_plugin(&[("IOGATE_STRICT".into(), "true".into())]).unwrap();
         let spec = stack.pod_spec("shop", "strict", &[("iogate.io/read-iops", "fast")]);
         let data = stack.data_dir("strict").unwrap();

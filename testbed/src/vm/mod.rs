@@ -197,14 +197,20 @@ impl NodeVm {
         Ok(vm)
     }
 
-    /// Runs one check in the guest and waits at most `timeout` for it.
-    pub fn run(&mut self, scenario: Scenario, timeout: Duration) -> Result<Outcome> {
+    /// Runs one check in the guest, handing its progress lines to
+    /// `progress` as they come, and waits at most `timeout` for it.
+    pub fn run(&mut self, scenario: Scenario, timeout: Duration, mut progress: impl FnMut(&str)) -> Result<Outcome> {
         let id = self.next_id;
         self.next_id += 1;
         self.send(&ToAgent::Run { id, scenario })?;
-        match self.receive(timeout)? {
-            FromAgent::Done { id: got, outcome } if got == id => Ok(outcome),
-            other => bail!("expected the outcome of request {id}, found {other:?}"),
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.receive(left)? {
+                FromAgent::Progress { id: got, line } if got == id => progress(&line),
+                FromAgent::Done { id: got, outcome } if got == id => return Ok(outcome),
+                other => bail!("expected the outcome of request {id}, found {other:?}"),
+            }
         }
     }
 

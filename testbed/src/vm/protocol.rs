@@ -39,6 +39,11 @@ pub enum ToAgent {
 #[serde(rename_all = "snake_case")]
 pub enum FromAgent {
     Hello(Hello),
+    /// A line or step of the check in progress, as it is taken.
+    Progress {
+        id: u64,
+        line: String,
+    },
     Done {
         id: u64,
         outcome: Outcome,
@@ -54,12 +59,10 @@ pub enum FromAgent {
     },
 }
 
-/// How one check went.
+/// How one check went (what it measured came before, as progress).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
     /// `None`: passed. Otherwise the failure, as the panic said it.
     pub failure: Option<String>,
-    /// What the check measured.
-    pub notes: Vec<String>,
     pub seconds: f64,
 }
