@@ -119,8 +119,7 @@ pub fn annotations(data: &[u8]) {
         }
     }
     for strict in [false, true] {
-        let mut config = Config::default();
-        config.strict = strict;
+        let mut config = Config { strict, ..Config::default() };
         config.ceilings.default.set(Knob::ReadIops, Some(1000));
         let policy = Policy::new(config, vec![Device::new(7, 0)]);
         let info = ContainerInfo { siblings: &siblings, ..ContainerInfo::new("shop", "p", &container, "", &ann) };

@@ -4,6 +4,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// Where a check's lines and steps go as they are taken.
+type Watcher = Box<dyn FnMut(&str) + Send>;
+
 /// What a check measured, line by line ("shop/plain: limit 100 IOPS,
 /// measured 99.8"), and where it is: progress steps go to a watcher as they
 /// happen (the VM's agent streams them to the host, so a check that hangs
@@ -14,7 +17,7 @@ pub struct Notes {
     /// Gets every line and step as it is taken (the host prints them; the
     /// VM agent sends them to the host).
     #[serde(skip)]
-    watcher: Option<Box<dyn FnMut(&str) + Send>>,
+    watcher: Option<Watcher>,
 }
 
 impl fmt::Debug for Notes {
