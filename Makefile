@@ -7,7 +7,7 @@ CARGO ?= cargo
 # toolchain is a build error, not a stub sidecar (metrics-sidecar/build.rs).
 export IOGATE_BPF ?= require
 
-.PHONY: demo test deps containerd vm build bench
+.PHONY: demo test deps containerd vm build bench fuzz
 
 ## Local demo: a real containerd with the iogate NRI plugin, a throttled pod
 ## and an annotated one on a loop-device disk; prints limits and measured IOPS.
@@ -37,3 +37,9 @@ build:
 
 bench: deps containerd
 	scripts/bench.sh
+
+## The fuzzing run, a benchmark: every cargo-fuzz target for FUZZ_SECONDS
+## (default 600) each, on nightly (installed when missing). Each target's
+## corpus is replayed on stable by `make test`.
+fuzz:
+	scripts/fuzz.sh

@@ -350,7 +350,8 @@ fn shipped_policy_parses_with_the_real_loader() {
     assert_eq!(c.defaults.write_iops, Some(DEFAULT_READ_IOPS));
     assert_eq!(c.mounts, [PathBuf::from("/data")]);
     assert_eq!(c.hook_path, PathBuf::from("/opt/iogate/bin/iogate-oci-hook"));
-    assert_eq!(c.exclude_namespaces, ["iogate-system"]);
+    assert_eq!(c.exclusions.namespaces, ["kube-system", "iogate-system"]);
+    assert!(c.exclusions.keywords.is_empty(), "the shipped policy excludes by whole names only");
     assert_eq!(c.ceiling_for("anyone"), c.defaults, "tenants may only lower their limits");
     assert!(!c.strict);
 }

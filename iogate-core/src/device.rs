@@ -52,6 +52,10 @@ pub enum DeviceError {
     #[error("device {spec}: {reason}")]
     Device { spec: String, reason: String },
     #[error(
+        "no devices to throttle: expected at least one data mount or device (DATA_MOUNT, IOGATE_DEVICES, or [devices] in the config), found none"
+    )]
+    NoDevices,
+    #[error(
         "expected an io.max line \"MAJ:MIN key=value...\" with keys riops, wiops, rbps, wbps, found {line:?}: {reason}"
     )]
     BadIoMax { line: String, reason: String },
@@ -163,6 +167,25 @@ impl DeviceResolver {
             .map_err(|reason| DeviceError::Device { spec: spec.to_string(), reason: format!("device {dev} {reason}") })
     }
 
+    /// Every mount's and device's whole disk, each once, sorted. An empty
+    /// set is an error: a node agent that throttles nothing must not start
+    /// as if it did.
+    pub fn resolve_all(&self, mounts: &[PathBuf], devices: &[String]) -> Result<Vec<Device>, DeviceError> {
+        let mut out = Vec::with_capacity(mounts.len() + devices.len());
+        for m in mounts {
+            out.push(self.resolve_mount(m)?);
+        }
+        for d in devices {
+            out.push(self.resolve_device(d)?);
+        }
+        out.sort();
+        out.dedup();
+        if out.is_empty() {
+            return Err(DeviceError::NoDevices);
+        }
+        Ok(out)
+    }
+
     /// Maps a partition to its parent disk; keeps a whole disk (or a
     /// device-mapper/loop/md device, which throttles like one) as it is.
     fn whole_disk(&self, dev: Device) -> Result<Device, String> {
@@ -243,6 +266,15 @@ mod tests {
         assert_eq!(r.resolve_device("8:0").unwrap(), Device::new(8, 0));
         let e = r.resolve_device("9:9").unwrap_err().to_string();
         assert!(e.contains("not a block device"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_device_set_is_an_error() {
+        let t = fake_sys();
+        let r = DeviceResolver::with_sys_dev_block(t.path().join("dev/block"));
+        assert_eq!(r.resolve_all(&[], &[]), Err(DeviceError::NoDevices));
+        assert!(DeviceError::NoDevices.to_string().starts_with("no devices to throttle"));
+        assert_eq!(r.resolve_all(&[], &["8:1".into(), "8:0".into()]).unwrap(), [Device::new(8, 0)]);
     }
 
     #[test]

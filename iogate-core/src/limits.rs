@@ -92,6 +92,36 @@ impl Limits {
     }
 }
 
+/// The knobs one table of the config names, each `Some(value)` (`None`
+/// inside: `"max"`); a knob it does not name is `None` and leaves what lies
+/// under it. A ceiling is the defaults with such tables laid over them, so a
+/// table lifts only the knobs it names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartialLimits {
+    knobs: [Option<Option<u64>>; 4],
+}
+
+impl PartialLimits {
+    /// What the table says for `knob`: `None` if it does not name it.
+    pub fn get(&self, knob: Knob) -> Option<Option<u64>> {
+        self.knobs[knob as usize]
+    }
+
+    pub fn set(&mut self, knob: Knob, value: Option<u64>) {
+        self.knobs[knob as usize] = Some(value);
+    }
+
+    /// `base` with the named knobs replaced.
+    pub fn over(&self, mut base: Limits) -> Limits {
+        for knob in Knob::ALL {
+            if let Some(v) = self.get(knob) {
+                base.set(knob, v);
+            }
+        }
+        base
+    }
+}
+
 /// `riops=500 wiops=500 rbps=max wbps=max`: the `io.max` body, all four keys.
 impl fmt::Display for Limits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -127,5 +157,18 @@ mod tests {
             assert_eq!(Knob::from_io_max_key(k.io_max_key()), Some(k));
         }
         assert_eq!(Knob::from_name("read-ios"), None);
+    }
+
+    #[test]
+    fn a_partial_table_replaces_only_what_it_names() {
+        let base = Limits { read_iops: Some(500), write_iops: Some(500), ..Limits::UNLIMITED };
+        let mut table = PartialLimits::default();
+        assert_eq!(table.over(base), base);
+        table.set(Knob::ReadIops, Some(5000));
+        table.set(Knob::WriteBps, None);
+        assert_eq!(table.get(Knob::ReadIops), Some(Some(5000)));
+        assert_eq!(table.get(Knob::WriteBps), Some(None), "named as max");
+        assert_eq!(table.get(Knob::WriteIops), None, "not named");
+        assert_eq!(table.over(base), Limits { read_iops: Some(5000), write_iops: Some(500), ..Limits::UNLIMITED });
     }
 }

@@ -1,9 +1,12 @@
 //! The decision for one container: excluded, exempt, or these limits.
 //!
 //! Order matters and is part of the contract:
-//! 1. pod sandboxes, excluded namespaces and keyword matches are left alone;
+//! 1. pod sandboxes and the admin's exclusions ([`crate::exclusion`]) are
+//!    left alone;
 //! 2. annotations are read; a malformed one falls back to the default for
-//!    that knob with a warning — or, in strict mode, refuses the container;
+//!    that knob with a warning — or, in strict mode, refuses the container
+//!    (a key naming a container the pod does not have so far is a warning
+//!    either way: see [`ProblemKind::UnknownContainer`]);
 //! 3. an exemption is honoured only in namespaces the admin allows;
 //! 4. every knob is clamped to the namespace's ceiling, so a tenant can never
 //!    lift its own limits; each clamp is explained.
@@ -13,9 +16,10 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::annotations::{self, Problem};
+use crate::annotations::{self, Problem, ProblemKind};
 use crate::config::Config;
 use crate::device::{Device, DeviceLimits};
+use crate::exclusion::{Exclusion, Subject};
 use crate::limits::{Knob, Limits};
 
 /// What the policy needs to know about a container.
@@ -30,6 +34,45 @@ pub struct ContainerInfo<'a> {
     /// The pod's annotations (for the OCI hook: the container's, which CRI-O
     /// and Podman fill with the pod's).
     pub annotations: &'a HashMap<String, String>,
+    /// The pod's other containers that the caller knows of (the NRI plugin:
+    /// those the runtime created so far), for checking per-container keys.
+    pub siblings: &'a [String],
+    /// What the caller could not read of the runtime's annotations (CRI-O's
+    /// annotation JSON), judged like malformed iogate annotations.
+    pub foreign_problems: &'a [Problem],
+}
+
+impl<'a> ContainerInfo<'a> {
+    /// A container known by these names, with no siblings and nothing the
+    /// caller failed to read.
+    pub fn new(
+        namespace: &'a str,
+        pod: &'a str,
+        container: &'a str,
+        image: &'a str,
+        annotations: &'a HashMap<String, String>,
+    ) -> Self {
+        ContainerInfo {
+            namespace,
+            pod,
+            container,
+            image,
+            is_sandbox: false,
+            annotations,
+            siblings: &[],
+            foreign_problems: &[],
+        }
+    }
+
+    fn subject(&self) -> Subject<'a> {
+        Subject {
+            namespace: self.namespace,
+            pod: self.pod,
+            container: self.container,
+            image: self.image,
+            is_sandbox: self.is_sandbox,
+        }
+    }
 }
 
 impl fmt::Display for ContainerInfo<'_> {
@@ -75,8 +118,9 @@ pub struct Enforce {
     pub limits: Limits,
     pub devices: Vec<Device>,
     pub knobs: Vec<KnobDecision>,
-    /// Malformed annotations (defaults used instead), clamps, refused
-    /// exemptions: each is a line for the operator's log.
+    /// Malformed annotations (defaults used instead), keys for containers
+    /// the pod does not have, clamps, refused exemptions: each is a line for
+    /// the operator's log.
     pub warnings: Vec<String>,
 }
 
@@ -94,10 +138,8 @@ impl Enforce {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Left alone: a sandbox, an excluded namespace, a keyword match.
-    Excluded {
-        reason: String,
-    },
+    /// Left alone: a sandbox, or one of the admin's exclusions.
+    Excluded(Exclusion),
     /// The pod exempted itself, in a namespace allowed to.
     Exempt {
         reason: String,
@@ -126,18 +168,20 @@ impl Policy {
     }
 
     pub fn decide(&self, c: &ContainerInfo<'_>) -> Result<Decision, Refusal> {
-        if let Some(reason) = self.exclusion(c) {
-            return Ok(Decision::Excluded { reason });
+        if let Some(exclusion) = self.config.exclusions.check(&c.subject()) {
+            return Ok(Decision::Excluded(exclusion));
         }
-        let overrides = annotations::parse(c.annotations, c.container);
-        let mut warnings: Vec<String> = Vec::new();
-        if !overrides.problems.is_empty() {
-            let lines = overrides.problems.iter().map(Problem::to_string).collect::<Vec<_>>();
-            if self.config.strict {
-                return Err(Refusal { container: c.to_string(), problems: lines });
+        let overrides = annotations::parse(c.annotations, c.container, c.siblings);
+        let problems: Vec<&Problem> = c.foreign_problems.iter().chain(&overrides.problems).collect();
+        if self.config.strict {
+            let refusing: Vec<String> =
+                problems.iter().filter(|p| p.kind.refuses_when_strict()).map(|p| p.to_string()).collect();
+            if !refusing.is_empty() {
+                return Err(Refusal { container: c.to_string(), problems: refusing });
             }
-            warnings.extend(lines.into_iter().map(|l| format!("{l}; using the default for it")));
         }
+        let mut warnings: Vec<String> =
+            problems.iter().map(|p| format!("{p}; {}", ProblemKind::fallback(p.kind))).collect();
         if let Some(ex) = overrides.exempt.as_ref().filter(|e| e.value) {
             if self.config.may_exempt(c.namespace) {
                 return Ok(Decision::Exempt {
@@ -177,23 +221,6 @@ impl Policy {
         }
         Ok(Decision::Enforce(Enforce { limits, devices: self.devices.clone(), knobs, warnings }))
     }
-
-    fn exclusion(&self, c: &ContainerInfo<'_>) -> Option<String> {
-        if c.is_sandbox {
-            return Some("pod sandbox".into());
-        }
-        if self.config.exclude_namespaces.iter().any(|n| n == c.namespace) {
-            return Some(format!("namespace {} is excluded", c.namespace));
-        }
-        let fields =
-            [("container name", c.container), ("image", c.image), ("pod name", c.pod), ("namespace", c.namespace)];
-        self.config.exclude_keywords.iter().find_map(|kw| {
-            fields
-                .iter()
-                .find(|(_, v)| v.contains(kw.as_str()))
-                .map(|(what, v)| format!("{what} {v:?} contains excluded keyword {kw:?}"))
-        })
-    }
 }
 
 /// `None` is unlimited, so it is above every ceiling.
@@ -217,14 +244,7 @@ mod tests {
 
     fn decide(p: &Policy, ns: &str, ctr: &str, ann: &[(&str, &str)]) -> Result<Decision, Refusal> {
         let a: HashMap<String, String> = ann.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        p.decide(&ContainerInfo {
-            namespace: ns,
-            pod: "web-0",
-            container: ctr,
-            image: "registry.local/app:1",
-            is_sandbox: false,
-            annotations: &a,
-        })
+        p.decide(&ContainerInfo::new(ns, "web-0", ctr, "registry.local/app:1", &a))
     }
 
     fn enforced(d: Result<Decision, Refusal>) -> Enforce {
@@ -248,8 +268,8 @@ mod tests {
     #[test]
     fn annotation_lowers_and_ceiling_clamps() {
         let p = policy(|c| {
-            c.default_ceiling.read_iops = Some(1000);
-            c.default_ceiling.write_bps = Some(50 << 20);
+            c.ceilings.default.set(Knob::ReadIops, Some(1000));
+            c.ceilings.default.set(Knob::WriteBps, Some(50 << 20));
         });
         let e =
             enforced(decide(&p, "web", "app", &[("iogate.io/read-iops", "5000"), ("iogate.io/write-iops.app", "100")]));
@@ -310,19 +330,73 @@ mod tests {
 
     #[test]
     fn exclusions() {
-        let p = policy(|c| c.exclude_namespaces = vec!["infra".into()]);
-        let d = decide(&p, "web", "istio-proxy", &[]).unwrap();
-        assert_eq!(
-            d,
-            Decision::Excluded {
-                reason: "container name \"istio-proxy\" contains excluded keyword \"istio-proxy\"".into()
-            }
-        );
-        assert!(matches!(decide(&p, "kube-system", "coredns", &[]), Ok(Decision::Excluded { .. })));
-        assert!(matches!(decide(&p, "infra", "app", &[]), Ok(Decision::Excluded { .. })));
+        let p = policy(|c| c.exclusions.namespaces = vec!["infra".into(), "kube-system".into()]);
+        // Names a tenant chooses never exclude by default.
+        assert!(matches!(decide(&p, "web", "istio-proxy", &[]), Ok(Decision::Enforce(_))));
+        assert_eq!(decide(&p, "infra", "app", &[]).unwrap(), Decision::Excluded(Exclusion::Namespace("infra".into())));
+        assert!(matches!(decide(&p, "kube-system", "coredns", &[]), Ok(Decision::Excluded(_))));
         let a = HashMap::new();
-        let sandbox =
-            ContainerInfo { namespace: "web", pod: "p", container: "", image: "", is_sandbox: true, annotations: &a };
-        assert_eq!(p.decide(&sandbox).unwrap(), Decision::Excluded { reason: "pod sandbox".into() });
+        let sandbox = ContainerInfo { is_sandbox: true, ..ContainerInfo::new("web", "p", "", "", &a) };
+        assert_eq!(p.decide(&sandbox).unwrap(), Decision::Excluded(Exclusion::Sandbox));
+    }
+
+    /// The partial ceiling: only batch's read ceiling raised, so a
+    /// write-iops annotation of max or 100k stays at the default 500.
+    #[test]
+    fn a_partial_ceiling_keeps_the_other_knobs_at_the_defaults() {
+        let mut batch = crate::limits::PartialLimits::default();
+        batch.set(Knob::ReadIops, Some(5000));
+        let p = policy(|c| {
+            c.ceilings.namespaces.insert("batch".into(), batch);
+        });
+        for asked in ["max", "100k"] {
+            let e = enforced(decide(&p, "batch", "app", &[("iogate.io/write-iops", asked)]));
+            assert_eq!(e.limits.write_iops, Some(500), "{asked}");
+            assert!(
+                e.warnings.iter().any(|w| w.starts_with(&format!(
+                    "write-iops: asked {} by iogate.io/write-iops, clamped to the ceiling 500",
+                    if asked == "max" { "max" } else { "100000" }
+                ))),
+                "{:?}",
+                e.warnings
+            );
+        }
+        let e = enforced(decide(&p, "batch", "app", &[("iogate.io/read-iops", "4k")]));
+        assert_eq!(e.limits.read_iops, Some(4000), "the named knob is lifted");
+    }
+
+    #[test]
+    fn typos_in_container_names_warn_even_in_strict_mode() {
+        for strict in [false, true] {
+            let p = policy(|c| c.strict = strict);
+            let e = enforced(decide(&p, "web", "db", &[("iogate.io/write-iops.dbb", "100")]));
+            assert_eq!(e.limits.write_iops, Some(500));
+            assert_eq!(
+                e.warnings,
+                ["annotation iogate.io/write-iops.dbb=\"100\": names container \"dbb\", which is not among the pod's containers so far (db); it takes effect only if a container of that name is created later"]
+            );
+        }
+        // A malformed container name is a refusal in strict mode.
+        let p = policy(|c| c.strict = true);
+        assert!(decide(&p, "web", "db", &[("iogate.io/write-iops.DB", "100")]).is_err());
+    }
+
+    #[test]
+    fn foreign_json_problems_warn_or_refuse() {
+        let a = HashMap::new();
+        let problem = Problem {
+            source: annotations::Source { key: "io.kubernetes.cri-o.Annotations".into(), value: "{".into() },
+            reason: "expected a JSON object of strings".into(),
+            kind: ProblemKind::ForeignJson,
+        };
+        let problems = [problem];
+        let info = ContainerInfo { foreign_problems: &problems, ..ContainerInfo::new("web", "p", "app", "", &a) };
+        let e = enforced(policy(|_| {}).decide(&info));
+        assert_eq!(
+            e.warnings,
+            ["annotation io.kubernetes.cri-o.Annotations=\"{\": expected a JSON object of strings; the pod's annotations in it are not read"]
+        );
+        let r = policy(|c| c.strict = true).decide(&info).unwrap_err();
+        assert_eq!(r.problems.len(), 1);
     }
 }

@@ -4,6 +4,16 @@
 //! annotations accept the same spelling instead of inventing another. Only
 //! whole numbers are accepted: a fractional IOPS limit has no meaning for the
 //! kernel, and silently rounding would hide a typo.
+//!
+//! One grammar, everywhere (annotations, the config file, the environment,
+//! `io.max` lines), with nothing around it:
+//!
+//! ```text
+//! quantity = "max" | digit+ [ "k" | "M" | "G" | "T" | "Ki" | "Mi" | "Gi" | "Ti" ]
+//! ```
+//!
+//! No spaces, no sign, no exponent, no other spelling of "unlimited": a value
+//! that is not exactly this is malformed, so `" 100"` fails like `"+100"`.
 
 use thiserror::Error;
 
@@ -46,20 +56,19 @@ const SUFFIXES: &[(&str, u64)] = &[
     ("Gi", 1 << 30),
     ("Ti", 1 << 40),
     ("k", 1_000),
-    ("K", 1_000),
     ("M", 1_000_000),
     ("G", 1_000_000_000),
     ("T", 1_000_000_000_000),
 ];
 
-/// Parses `500`, `1k`, `10Mi`, `max` (also `unlimited`). Zero is rejected:
-/// the kernel reads 0 as "remove the limit", which no one writes on purpose.
+/// Parses `500`, `1k`, `10Mi`, `max`. Zero is rejected: the kernel reads 0
+/// as "remove the limit", which no one writes on purpose.
 pub fn parse(text: &str) -> Result<Quantity, QuantityError> {
-    let t = text.trim();
+    let t = text;
     if t.is_empty() {
         return Err(QuantityError::Empty);
     }
-    if t.eq_ignore_ascii_case("max") || t.eq_ignore_ascii_case("unlimited") {
+    if t == "max" {
         return Ok(Quantity::Unlimited);
     }
     let (digits, multiplier) = SUFFIXES.iter().find_map(|(s, m)| t.strip_suffix(s).map(|d| (d, *m))).unwrap_or((t, 1));
@@ -81,12 +90,19 @@ mod tests {
     #[test]
     fn plain_and_suffixed_numbers() {
         assert_eq!(parse("500"), Ok(Quantity::Value(500)));
-        assert_eq!(parse(" 1k "), Ok(Quantity::Value(1000)));
+        assert_eq!(parse("1k"), Ok(Quantity::Value(1000)));
         assert_eq!(parse("10Mi"), Ok(Quantity::Value(10 << 20)));
         assert_eq!(parse("2G"), Ok(Quantity::Value(2_000_000_000)));
         assert_eq!(parse("1Ti"), Ok(Quantity::Value(1 << 40)));
         assert_eq!(parse("max"), Ok(Quantity::Unlimited));
-        assert_eq!(parse("Unlimited"), Ok(Quantity::Unlimited));
+    }
+
+    #[test]
+    fn one_spelling_only() {
+        for text in [" 100", "100 ", "\t100", "+100", "1e3", "1K", "MAX", "Max", "unlimited", "1 k", "0x10", "１００"]
+        {
+            assert_eq!(parse(text), Err(QuantityError::Malformed(text.into())), "{text:?}");
+        }
     }
 
     #[test]

@@ -12,11 +12,11 @@
 //! The documents are [`iogate_api`]'s. Errors are JSON
 //! `{"error": "...", "status": N}` with that status.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -26,12 +26,10 @@ use iogate_api::{
 };
 
 use crate::prometheus::{self, SelfState};
+use crate::query::{self, QueryError};
 use crate::report::{map_keys, rfc3339, Assessed};
 use crate::state::SidecarState;
 use crate::window::GroupKey;
-
-const DEFAULT_TOP: usize = 5;
-const MAX_TOP: usize = 1000;
 
 pub fn router(shared: Arc<SidecarState>) -> Router {
     Router::new()
@@ -65,31 +63,17 @@ async fn method_not_allowed() -> Response {
     error(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported")
 }
 
-/// Rejects query parameters the endpoint does not know, so a typo
-/// (`?namspace=`) is an error rather than a silently ignored filter.
-fn only_params(query: &HashMap<String, String>, allowed: &[&str]) -> Result<(), Box<Response>> {
-    let mut unknown: Vec<&str> = query.keys().map(String::as_str).filter(|k| !allowed.contains(k)).collect();
-    if unknown.is_empty() {
-        return Ok(());
-    }
-    unknown.sort();
-    let expected = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
-    Err(Box::new(error(
-        StatusCode::BAD_REQUEST,
-        format!("unknown query parameter(s) {}; expected {expected}", unknown.join(", ")),
-    )))
+fn bad_query(e: QueryError) -> Response {
+    error(StatusCode::BAD_REQUEST, e.to_string())
 }
 
 fn pods(assessed: &[Assessed]) -> Vec<&Assessed> {
     assessed.iter().filter(|a| matches!(a.key, GroupKey::Pod { .. })).collect()
 }
 
-async fn all_metrics(
-    State(shared): State<Arc<SidecarState>>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(e) = only_params(&query, &[]) {
-        return *e;
+async fn all_metrics(State(shared): State<Arc<SidecarState>>, uri: Uri) -> Response {
+    if let Err(e) = query::all_metrics(&uri) {
+        return bad_query(e);
     }
     let published = shared.read();
     let pods = pods(&published.assessed);
@@ -110,7 +94,7 @@ async fn all_metrics(
             cgroup_bottlenecks.insert(path.clone(), a.bottleneck.name().to_string());
         }
     }
-    let top = slowest(&pods, DEFAULT_TOP);
+    let top = slowest(&pods, query::DEFAULT_TOP);
     let document: MetricsResponse<&PodMetrics> = MetricsResponse {
         timestamp: rfc3339(SystemTime::now()),
         source: shared.source.name().to_string(),
@@ -126,18 +110,12 @@ async fn all_metrics(
     Json(document).into_response()
 }
 
-async fn pod_metrics(
-    State(shared): State<Arc<SidecarState>>,
-    Path(pod): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(e) = only_params(&query, &["namespace"]) {
-        return *e;
-    }
-    let namespace = query.get("namespace").map(String::as_str);
-    if namespace == Some("") {
-        return error(StatusCode::BAD_REQUEST, "namespace must not be empty");
-    }
+async fn pod_metrics(State(shared): State<Arc<SidecarState>>, Path(pod): Path<String>, uri: Uri) -> Response {
+    let namespace = match query::pod_metrics(&uri) {
+        Ok(namespace) => namespace,
+        Err(e) => return bad_query(e),
+    };
+    let namespace = namespace.as_deref();
     let published = shared.read();
     let matches: Vec<&Assessed> = pods(&published.assessed)
         .into_iter()
@@ -177,19 +155,10 @@ fn slowest<'a>(pods: &[&'a Assessed], n: usize) -> Vec<&'a Assessed> {
     with_latency
 }
 
-async fn top_slow(State(shared): State<Arc<SidecarState>>, Query(query): Query<HashMap<String, String>>) -> Response {
-    if let Err(e) = only_params(&query, &["limit"]) {
-        return *e;
-    }
-    let limit = match query.get("limit").map(|v| v.parse::<usize>()) {
-        None => DEFAULT_TOP,
-        Some(Ok(n)) if (1..=MAX_TOP).contains(&n) => n,
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("limit: expected a whole number from 1 to {MAX_TOP}, found {:?}", query["limit"]),
-            )
-        }
+async fn top_slow(State(shared): State<Arc<SidecarState>>, uri: Uri) -> Response {
+    let limit = match query::top_slow(&uri) {
+        Ok(n) => n,
+        Err(e) => return bad_query(e),
     };
     if !shared.source.has_latency() {
         return error(

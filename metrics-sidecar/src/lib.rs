@@ -15,7 +15,8 @@
 //!    (each request counted once across [`stacking`]);
 //!    [`report`] turns it into IOEye's fields plus percentiles, judged by
 //!    [`diagnosis`] (bottleneck) and [`history`] (trend, anomaly);
-//! 4. [`http`] serves the REST API and [`prometheus`] text.
+//! 4. [`http`] serves the REST API (its query parameters as [`query`] reads
+//!    them) and [`prometheus`] text.
 //!
 //! [`sampler`] runs steps 1–3 once per interval and [`state`] holds what the
 //! handlers read.
@@ -35,6 +36,7 @@ pub mod host_cgroups;
 pub mod http;
 pub mod pods;
 pub mod prometheus;
+pub mod query;
 pub mod report;
 pub mod sampler;
 pub mod stacking;

@@ -15,10 +15,20 @@
 //! the limits back once the container starts (`crate::reconciler`), which is
 //! also where containers that already run when the plugin connects get
 //! theirs.
+//!
+//! Per-container annotation keys are checked against the pod's containers.
+//! NRI hands CreateContainer the pod and the one container, never the pod's
+//! container list, so the plugin remembers the names of the containers it
+//! has seen in each pod (created, or running at Synchronize) until the pod
+//! is removed; a key naming none of them is a warning (never a refusal: the
+//! container may still be created).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
+use iogate_core::exclusion::{Exclusion, ExclusionCounter};
 use iogate_core::policy::{Enforce, Refusal};
 use iogate_core::{CgroupFs, CgroupVersion, ContainerInfo, Decision, Policy};
 use tracing::{info, warn};
@@ -43,12 +53,22 @@ pub struct Admission {
     hook_path: PathBuf,
     /// Where the injected hook reports (`--log`), if anywhere.
     hook_reports: Option<HookReports>,
+    exclusions: ExclusionCounter,
+    /// Pod sandbox id → the names of its containers seen so far.
+    containers: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl Admission {
     pub fn new(policy: Policy, cgroups: CgroupFs) -> Self {
         let hook_path = policy.config.hook_path.clone();
-        Admission { policy, cgroups, hook_path, hook_reports: None }
+        Admission {
+            policy,
+            cgroups,
+            hook_path,
+            hook_reports: None,
+            exclusions: ExclusionCounter::default(),
+            containers: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Injected hooks report into `reports` (see [`HookReports`]).
@@ -69,16 +89,58 @@ impl Admission {
         &self.cgroups
     }
 
+    /// How many containers each exclusion rule left alone so far.
+    pub fn exclusion_counts(&self) -> &ExclusionCounter {
+        &self.exclusions
+    }
+
     /// The adjustment for a container being created. A refusal (strict mode)
     /// is returned as an error, which containerd turns into a failed
     /// CreateContainer carrying its message.
     pub fn create_container(&self, pod: &api::PodSandbox, ctr: &api::Container) -> Result<api::ContainerAdjustment> {
         let image = image_of(ctr);
-        let info = info_of(pod, ctr, &image);
+        let siblings = self.seen(&pod.id, &ctr.name);
+        let info = ContainerInfo { siblings: &siblings, ..info_of(pod, ctr, &image) };
         match self.decide(&info)? {
             Some(e) => Ok(self.adjustment(&e, &ctr.id)),
             None => Ok(api::ContainerAdjustment::new()),
         }
+    }
+
+    /// Remembers the containers running when the plugin (re)connects
+    /// (`Synchronize`), replacing what an earlier connection saw. Their
+    /// limits are the reconciler's to check and write.
+    pub fn remember_running(&self, containers: &[api::Container]) {
+        let mut seen = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+        seen.clear();
+        for ctr in containers {
+            let names = seen.entry(ctr.pod_sandbox_id.clone()).or_default();
+            if !names.contains(&ctr.name) {
+                names.push(ctr.name.clone());
+            }
+        }
+    }
+
+    /// Records `container` as one of the pod's and returns the pod's other
+    /// containers seen so far.
+    fn seen(&self, pod_id: &str, container: &str) -> Vec<String> {
+        let mut seen = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+        let names = seen.entry(pod_id.to_string()).or_default();
+        let others = names.iter().filter(|n| *n != container).cloned().collect();
+        if !names.iter().any(|n| n == container) {
+            names.push(container.to_string());
+        }
+        others
+    }
+
+    /// Forgets a removed pod's containers.
+    pub fn forget_pod(&self, pod_id: &str) {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner()).remove(pod_id);
+    }
+
+    /// How many pods' container names are remembered.
+    pub fn pods_remembered(&self) -> usize {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Runs the policy and logs its reasoning; `None` means "leave alone".
@@ -89,8 +151,14 @@ impl Admission {
                 warn!(%pod, %container, "refused (strict mode): {refusal}");
                 Err(refusal)
             }
-            Ok(Decision::Excluded { reason }) => {
-                info!(%pod, %container, "no limits: excluded, {reason}");
+            Ok(Decision::Excluded(exclusion)) => {
+                self.exclusions.record(&exclusion);
+                // Every exclusion is a container without limits: loud, so
+                // an unexpected one is seen.
+                match exclusion {
+                    Exclusion::Sandbox => info!(%pod, %container, "no limits: excluded, {exclusion}"),
+                    _ => warn!(%pod, %container, rule = %exclusion.kind(), "no limits: excluded, {exclusion}"),
+                }
                 Ok(None)
             }
             Ok(Decision::Exempt { reason }) => {
@@ -143,20 +211,7 @@ impl Admission {
         } else {
             let mut hook = api::Hook::new();
             hook.path = self.hook_path.display().to_string();
-            hook.args = vec!["iogate-oci-hook".into(), "apply".into()];
-            for l in &lines {
-                hook.args.push("--io-max".into());
-                hook.args.push(l.to_string());
-            }
-            if self.policy.config.strict {
-                hook.args.push("--strict".into());
-            }
-            // A fail-open hook exits 0 whatever happened, and runc discards
-            // its output: its report goes where the plugin reads it.
-            if let Some(path) = self.hook_reports.as_ref().and_then(|r| r.path_for(id)) {
-                hook.args.push("--log".into());
-                hook.args.push(path.display().to_string());
-            }
+            hook.args = self.hook_args(&lines, id);
             // runc waits for a hook without limit; a stuck one must not hang
             // container creation (the hook itself takes ~2 ms).
             hook.timeout = Some(api::OptionalInt { value: HOOK_TIMEOUT_SECONDS, ..Default::default() }).into();
@@ -165,6 +220,28 @@ impl Admission {
             adj.hooks = Some(hooks).into();
         }
         adj
+    }
+
+    /// What the injected hook must agree on with the plugin is passed, not
+    /// found again on the host: the cgroup version the plugin chose, strict
+    /// mode, and where to log.
+    fn hook_args(&self, lines: &[iogate_core::DeviceLimits], id: &str) -> Vec<String> {
+        let mut args = vec!["iogate-oci-hook".to_string(), "apply".to_string()];
+        args.extend(["--cgroup-version".to_string(), self.cgroups.version.to_string()]);
+        for l in lines {
+            args.extend(["--io-max".to_string(), l.to_string()]);
+        }
+        if self.policy.config.strict {
+            args.push("--strict".into());
+        }
+        // A fail-open hook exits 0 whatever happened, and runc discards its
+        // output: its report goes where the plugin reads it, else to the
+        // configured log.
+        let report = self.hook_reports.as_ref().and_then(|r| r.path_for(id));
+        if let Some(log) = report.as_ref().or(self.policy.config.hook_log.as_ref()) {
+            args.extend(["--log".to_string(), log.display().to_string()]);
+        }
+        args
     }
 
     /// Checks at start-up that the hook the plugin will inject exists, so a
@@ -187,20 +264,14 @@ impl Admission {
 }
 
 fn info_of<'a>(pod: &'a api::PodSandbox, ctr: &'a api::Container, image: &'a str) -> ContainerInfo<'a> {
-    ContainerInfo {
-        namespace: &pod.namespace,
-        pod: &pod.name,
-        container: &ctr.name,
-        image,
-        // NRI sends no CreateContainer for sandboxes: they are pods here.
-        is_sandbox: false,
-        annotations: &pod.annotations,
-    }
+    // NRI sends no CreateContainer for sandboxes: they are pods here.
+    ContainerInfo::new(&pod.namespace, &pod.name, &ctr.name, image, &pod.annotations)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use iogate_core::exclusion::ExclusionKind;
     use iogate_core::{Config, Device};
 
     fn admission(version: CgroupVersion, devices: Vec<Device>, f: impl FnOnce(&mut Config)) -> Admission {
@@ -251,6 +322,8 @@ mod tests {
             [
                 "iogate-oci-hook",
                 "apply",
+                "--cgroup-version",
+                "v1",
                 "--io-max",
                 "7:0 riops=500 wiops=500 rbps=max wbps=max",
                 "--io-max",
@@ -264,12 +337,62 @@ mod tests {
     }
 
     #[test]
-    fn excluded_and_exempt_get_no_adjustment() {
-        let l = admission(CgroupVersion::V2, vec![Device::new(7, 0)], |c| c.exempt_namespaces = vec!["shop".into()]);
+    fn the_hook_logs_where_the_config_says() {
+        let l = admission(CgroupVersion::V1, vec![Device::new(7, 0)], |c| {
+            c.hook_log = Some("/var/log/iogate/hook.log".into())
+        });
+        let adj = l.create_container(&pod(&[]), &ctr("app")).unwrap();
+        let args = &adj.hooks.create_runtime[0].args;
+        assert_eq!(args[2..4], ["--cgroup-version", "v1"]);
+        assert_eq!(args[args.len() - 2..], ["--log", "/var/log/iogate/hook.log"]);
+    }
+
+    #[test]
+    fn excluded_and_exempt_get_no_adjustment_and_exclusions_are_counted() {
+        let l = admission(CgroupVersion::V2, vec![Device::new(7, 0)], |c| {
+            c.exempt_namespaces = vec!["shop".into()];
+            c.exclusions.containers = vec!["istio-proxy".into()];
+        });
         let adj = l.create_container(&pod(&[]), &ctr("istio-proxy")).unwrap();
         assert_eq!(adj, api::ContainerAdjustment::new());
+        assert_eq!(l.exclusion_counts().get(ExclusionKind::Container), 1);
         let adj = l.create_container(&pod(&[("iogate.io/exempt", "true")]), &ctr("app")).unwrap();
         assert_eq!(adj, api::ContainerAdjustment::new());
+        assert_eq!(l.exclusion_counts().snapshot().iter().map(|(_, n)| n).sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn names_a_tenant_chooses_never_exclude_by_default() {
+        let l = admission(CgroupVersion::V2, vec![Device::new(7, 0)], |_| {});
+        for name in ["istio-proxy", "xpsmdbx", "apisix-but-not-really"] {
+            let adj = l.create_container(&pod(&[]), &ctr(name)).unwrap();
+            assert_eq!(adj.linux.resources.unified["io.max"], "7:0 riops=500 wiops=500 rbps=max wbps=max", "{name}");
+        }
+        assert!(l.exclusion_counts().snapshot().iter().all(|(_, n)| *n == 0));
+    }
+
+    /// A key for a container created later is a warning only for the
+    /// containers created before it; once created, the pod's containers are
+    /// known, and they are forgotten with the pod.
+    #[test]
+    fn per_container_keys_are_checked_against_the_containers_seen() {
+        let l = admission(CgroupVersion::V2, vec![Device::new(7, 0)], |c| c.strict = true);
+        let p = pod(&[("iogate.io/write-iops.db", "100")]);
+        let web = ctr("web");
+        let siblings = l.seen(&p.id, "web");
+        assert!(siblings.is_empty());
+        let image = String::new();
+        let info = ContainerInfo { siblings: &siblings, ..info_of(&p, &web, &image) };
+        let Decision::Enforce(e) = l.policy.decide(&info).unwrap() else { panic!() };
+        assert_eq!(e.warnings.len(), 1, "db is not created yet: {:?}", e.warnings);
+        assert!(e.warnings[0].contains("not among the pod's containers so far (web)"), "{:?}", e.warnings);
+        // Strict mode does not refuse it; db then gets its limit, quietly.
+        let adj = l.create_container(&p, &ctr("db")).unwrap();
+        assert_eq!(adj.linux.resources.unified["io.max"], "7:0 riops=500 wiops=100 rbps=max wbps=max");
+        assert_eq!(l.seen(&p.id, "web"), ["db"]);
+        assert_eq!(l.pods_remembered(), 1);
+        l.forget_pod(&p.id);
+        assert_eq!(l.pods_remembered(), 0);
     }
 
     #[test]
@@ -284,10 +407,13 @@ mod tests {
     }
 
     #[test]
-    fn image_comes_from_the_cri_annotation_for_keyword_exclusion() {
-        let l = admission(CgroupVersion::V2, vec![Device::new(7, 0)], |c| c.exclude_keywords = vec!["apisix".into()]);
+    fn image_comes_from_the_cri_annotation_for_image_exclusion() {
+        let l = admission(CgroupVersion::V2, vec![Device::new(7, 0)], |c| {
+            c.exclusions.images = vec!["registry.local/apisix".parse().unwrap()]
+        });
         let mut c = ctr("gateway");
         c.annotations.insert(crate::inventory::CRI_IMAGE_NAME.into(), "registry.local/apisix:3".into());
         assert_eq!(l.create_container(&pod(&[]), &c).unwrap(), api::ContainerAdjustment::new());
+        assert_eq!(l.exclusion_counts().get(ExclusionKind::Image), 1);
     }
 }

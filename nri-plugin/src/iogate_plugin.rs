@@ -1,8 +1,8 @@
 //! iogate as an NRI plugin: the handlers it registers, each a thin call
 //! into [`Admission`] (limits into the spec of every container being
-//! created) or the [`Reconciler`] (limits read back when a container
-//! starts, running containers at Synchronize, forgetting containers that
-//! stop).
+//! created; the pod's container names, remembered until RemovePodSandbox)
+//! or the [`Reconciler`] (limits read back when a container starts, running
+//! containers at Synchronize, forgetting containers that stop).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use iogate_core::device::DeviceResolver;
 use iogate_core::{CgroupFs, Config, Device, Policy};
 use nri::{api, CreateContainer, HandlerResult, Notification, Plugin, StateChange, StopContainer, Subscriptions};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admission::Admission;
 use crate::current_policy::CurrentPolicy;
@@ -23,7 +23,8 @@ pub struct IogatePlugin {
 }
 
 /// The events iogate handles besides CreateContainer and StopContainer.
-pub const NOTIFICATIONS: [Notification; 2] = [Notification::StartContainer, Notification::RemoveContainer];
+pub const NOTIFICATIONS: [Notification; 3] =
+    [Notification::RemovePodSandbox, Notification::StartContainer, Notification::RemoveContainer];
 
 impl IogatePlugin {
     pub fn new(policy: Arc<CurrentPolicy>, reconciler: Arc<Reconciler>) -> Self {
@@ -58,8 +59,9 @@ impl IogatePlugin {
 /// that does not exist, an unknown cgroup layout or a missing hook binary
 /// stop the plugin with an error instead of leaving containers unthrottled.
 pub fn build_admission(config: Config) -> Result<Admission> {
-    let devices = resolve_devices(&config)?;
+    let devices = DeviceResolver::default().resolve_all(&config.mounts, &config.devices)?;
     let cgroups = CgroupFs::detect(config.cgroup_mode).context("finding the block-I/O cgroup hierarchy")?;
+    log_policy(&config);
     let admission = Admission::new(Policy::new(config, devices.clone()), cgroups);
     admission.check_hook()?;
     let list = devices.iter().map(Device::to_string).collect::<Vec<_>>().join(", ");
@@ -67,30 +69,38 @@ pub fn build_admission(config: Config) -> Result<Admission> {
     Ok(admission)
 }
 
-pub fn resolve_devices(config: &Config) -> Result<Vec<Device>> {
-    let r = DeviceResolver::default();
-    let mut out = Vec::new();
-    for m in &config.mounts {
-        let d = r.resolve_mount(m)?;
-        info!(mount = %m.display(), device = %d, "data mount resolved to its whole disk");
-        out.push(d);
-    }
-    for spec in &config.devices {
-        out.push(r.resolve_device(spec)?);
-    }
-    out.sort();
-    out.dedup();
-    anyhow::ensure!(
-        !out.is_empty(),
-        "no devices to throttle: set DATA_MOUNT, IOGATE_DEVICES or [devices] in the config"
+/// What an admin must be able to read off the log at start-up: who is left
+/// alone, and how far each namespace may lift its limits.
+fn log_policy(config: &Config) {
+    let x = &config.exclusions;
+    let images = x.images.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+    info!(
+        namespaces = %x.namespaces.join(","),
+        containers = %x.containers.join(","),
+        images = %images.join(","),
+        "exclusions (whole names only)"
     );
-    Ok(out)
+    if !x.keywords.is_empty() {
+        warn!(
+            keywords = %x.keywords.join(","),
+            "compatibility switch on ([compat] exclude-keywords): every container whose name, image, pod name or \
+             namespace CONTAINS one of these keywords gets no limits; tenants choose those names, so any tenant can \
+             escape its limits (unsafe where tenants share a node)"
+        );
+    }
+    for (namespace, ceiling) in config.effective_ceilings() {
+        match namespace {
+            None => info!(ceiling = %ceiling, "ceiling for every namespace without a table of its own"),
+            Some(ns) => info!(namespace = ns, ceiling = %ceiling, "ceiling for namespace {ns}"),
+        }
+    }
 }
 
 impl Plugin for IogatePlugin {
     /// CreateContainer puts the limits into each new container's spec;
     /// StartContainer reads them back; StopContainer and RemoveContainer
-    /// end a container's checks. Running containers arrive at Synchronize.
+    /// end a container's checks; RemovePodSandbox forgets the pod's
+    /// container names. Running containers arrive at Synchronize.
     fn configure(self: Arc<Self>, req: &api::ConfigureRequest, events: &mut Subscriptions) -> HandlerResult<()> {
         self.reconfigure(req)?;
         events.on_create_container(self.clone()).on_stop_container(self.clone()).on_state_change(&NOTIFICATIONS, self);
@@ -103,7 +113,7 @@ impl Plugin for IogatePlugin {
         containers: &[api::Container],
     ) -> HandlerResult<Vec<api::ContainerUpdate>> {
         info!(pods = pods.len(), containers = containers.len(), "synchronizing existing containers");
-        self.policy.get()?;
+        self.policy.get()?.remember_running(containers);
         self.reconciler.synchronize(pods, containers);
         Ok(Vec::new())
     }
@@ -133,6 +143,12 @@ impl StateChange for IogatePlugin {
         pod: &api::PodSandbox,
         ctr: Option<&api::Container>,
     ) -> HandlerResult<()> {
+        if event == Notification::RemovePodSandbox {
+            if let Ok(a) = self.policy.get() {
+                a.forget_pod(&pod.id);
+            }
+            return Ok(());
+        }
         let Some(ctr) = ctr else { return Ok(()) };
         match event {
             Notification::StartContainer => self.reconciler.start_container(pod, ctr)?,
@@ -194,6 +210,7 @@ mod tests {
                     events.mask(),
                     nri::EventMask::of(&[
                         api::Event::CREATE_CONTAINER,
+                        api::Event::REMOVE_POD_SANDBOX,
                         api::Event::START_CONTAINER,
                         api::Event::STOP_CONTAINER,
                         api::Event::REMOVE_CONTAINER

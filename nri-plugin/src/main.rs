@@ -12,13 +12,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use iogate_core::Config;
+use iogate_core::{config, Config};
 use iogate_nri_plugin::agent::{Agent, AgentOptions};
 use iogate_nri_plugin::iogate_plugin::build_admission;
 use nri::{PreRegistered, Registration, Stub, DEFAULT_SOCKET_PATH};
 
 const USAGE: &str = "\
 usage: iogate-nri-plugin [--config FILE] [--socket PATH] [--name NAME] [--index NN]
+       iogate-nri-plugin explain --namespace NS --pod NAME --container NAME ... (explain --help)
   --config FILE  policy file (TOML), reloaded when it changes; default $IOGATE_CONFIG, else /etc/iogate/config.toml if it exists
   --socket PATH  containerd's NRI socket for an external plugin (default /var/run/nri/nri.sock)
   --name, --index  NRI registration (default iogate, 10)
@@ -30,8 +31,6 @@ When containerd starts it from its plugin directory, the connection and name com
 fn usage() -> String {
     USAGE.replace("{AGENT}", iogate_nri_plugin::agent::USAGE)
 }
-
-const DEFAULT_CONFIG: &str = "/etc/iogate/config.toml";
 
 struct Args {
     config: Option<PathBuf>,
@@ -65,11 +64,7 @@ fn parse_args() -> Result<Args> {
             other => bail!("unexpected argument {other:?}\n{}", usage()),
         }
     }
-    if a.config.is_none() {
-        a.config = std::env::var_os("IOGATE_CONFIG")
-            .map(PathBuf::from)
-            .or_else(|| std::path::Path::new(DEFAULT_CONFIG).exists().then(|| DEFAULT_CONFIG.into()));
-    }
+    a.config = config::discover(a.config.take(), |k| std::env::var(k).ok());
     a.agent.config = a.config.clone();
     Ok(a)
 }
@@ -105,7 +100,38 @@ fn run() -> Result<()> {
     }
 }
 
+/// `explain`: JSON on stdout, exit 0 for any decision; 2 for a usage or
+/// config error, with the reason on stderr.
+fn explain(args: &[String]) -> ExitCode {
+    use iogate_nri_plugin::explain;
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{}", explain::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    let parsed = match explain::parse_args(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("iogate-nri-plugin explain: {e:#}\n{}", explain::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match explain::explain(&parsed, |k| std::env::var(k).ok()) {
+        Ok(x) => {
+            println!("{}", serde_json::to_string_pretty(&x).expect("an explanation always serializes"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("iogate-nri-plugin explain: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("explain") {
+        return explain(&args[1..]);
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("IOGATE_LOG").unwrap_or_else(|_| "info".into());
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
     // containerd discards a pre-registered plugin's output and gives it

@@ -26,7 +26,7 @@ use ttrpc::MessageHeader;
 use crate::mux::{MuxConn, MuxWriter};
 
 /// Reads whole ttrpc messages off a mux connection.
-pub(crate) struct MessageReader {
+pub struct MessageReader {
     conn: MuxConn,
     /// Bytes read but not yet parsed into a whole message; kept across a
     /// timed-out read so that nothing is lost.
@@ -34,14 +34,14 @@ pub(crate) struct MessageReader {
 }
 
 impl MessageReader {
-    pub(crate) fn new(conn: MuxConn) -> MessageReader {
+    pub fn new(conn: MuxConn) -> MessageReader {
         MessageReader { conn, buffered: Vec::new() }
     }
 
     /// The next message. `deadline`: give up with [`io::ErrorKind::TimedOut`]
     /// then; `None` waits for ever. The peer closing the connection between
     /// messages is [`io::ErrorKind::UnexpectedEof`].
-    pub(crate) fn read(&mut self, deadline: Option<Instant>) -> io::Result<(MessageHeader, Vec<u8>)> {
+    pub fn read(&mut self, deadline: Option<Instant>) -> io::Result<(MessageHeader, Vec<u8>)> {
         loop {
             if let Some(message) = self.take_buffered()? {
                 return Ok(message);
@@ -96,7 +96,7 @@ impl MessageReader {
 }
 
 /// Writes one whole message; the mux keeps concurrent writers' frames apart.
-pub(crate) fn write_message(writer: &mut MuxWriter, header: MessageHeader, body: &[u8]) -> io::Result<()> {
+pub fn write_message(writer: &mut MuxWriter, header: MessageHeader, body: &[u8]) -> io::Result<()> {
     let mut message: Vec<u8> = header.into();
     message.extend_from_slice(body);
     writer.write_all(&message)

@@ -20,7 +20,7 @@
 pub mod api;
 mod error;
 pub mod events;
-mod framing;
+pub mod framing;
 pub mod mux;
 mod plugin;
 mod registration;

@@ -5,6 +5,11 @@
 
 use std::collections::HashMap;
 
+use iogate_core::annotations::{Problem, ProblemKind, Source};
+
+/// CRI-O's copy of the pod's annotations, one JSON object.
+const CRI_O_ANNOTATIONS: &str = "io.kubernetes.cri-o.Annotations";
+
 /// The fields the policy matches on, owned (the spec is parsed per run).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AnnotatedContainer {
@@ -16,6 +21,9 @@ pub struct AnnotatedContainer {
     /// The iogate annotations in scope: the container's own, plus the pod's
     /// where the runtime copied them in (CRI-O's `io.kubernetes.cri-o.Annotations`).
     pub annotations: HashMap<String, String>,
+    /// What could not be read: CRI-O's JSON when it does not parse (the
+    /// policy warns, or refuses in strict mode).
+    pub problems: Vec<Problem>,
 }
 
 fn first(a: &HashMap<String, String>, keys: &[&str]) -> Option<String> {
@@ -25,11 +33,17 @@ fn first(a: &HashMap<String, String>, keys: &[&str]) -> Option<String> {
 pub fn from_annotations(container_id: &str, annotations: &HashMap<String, String>) -> AnnotatedContainer {
     let kind = first(annotations, &["io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType"]);
     let mut merged = HashMap::new();
+    let mut problems = Vec::new();
     // CRI-O keeps the pod's annotations as one JSON object; explicit keys on
     // the container win over it.
-    if let Some(json) = annotations.get("io.kubernetes.cri-o.Annotations") {
-        if let Ok(pod) = serde_json::from_str::<HashMap<String, String>>(json) {
-            merged.extend(pod);
+    if let Some(json) = annotations.get(CRI_O_ANNOTATIONS) {
+        match serde_json::from_str::<HashMap<String, String>>(json) {
+            Ok(pod) => merged.extend(pod),
+            Err(e) => problems.push(Problem {
+                source: Source { key: CRI_O_ANNOTATIONS.into(), value: json.clone() },
+                reason: format!("expected a JSON object of string values (the pod's annotations), found {e}"),
+                kind: ProblemKind::ForeignJson,
+            }),
         }
     }
     merged.extend(annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -46,6 +60,7 @@ pub fn from_annotations(container_id: &str, annotations: &HashMap<String, String
         .unwrap_or_default(),
         is_sandbox: kind.as_deref() == Some("sandbox"),
         annotations: merged,
+        problems,
     }
 }
 
@@ -89,6 +104,24 @@ mod tests {
         assert_eq!(i.container, "db");
         assert_eq!(i.annotations["iogate.io/read-iops"], "100");
         assert_eq!(i.annotations["iogate.io/write-iops"], "50");
+    }
+
+    #[test]
+    fn cri_o_json_that_does_not_parse_is_a_problem_not_silence() {
+        let i = from_annotations(
+            "abc",
+            &ann(&[(CRI_O_ANNOTATIONS, r#"{"iogate.io/read-iops": 100"#), ("iogate.io/write-iops", "50")]),
+        );
+        assert_eq!(i.annotations["iogate.io/write-iops"], "50", "the container's own keys are still read");
+        assert_eq!(i.problems.len(), 1);
+        assert_eq!(i.problems[0].kind, ProblemKind::ForeignJson);
+        assert!(
+            i.problems[0].to_string().starts_with(
+                "annotation io.kubernetes.cri-o.Annotations=\"{\\\"iogate.io/read-iops\\\": 100\": expected a JSON object of string values"
+            ),
+            "{}",
+            i.problems[0]
+        );
     }
 
     #[test]

@@ -4,19 +4,23 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use iogate_core::cgroup::CgroupMode;
 use iogate_core::DeviceLimits;
 
 pub const USAGE: &str = "\
-usage: iogate-oci-hook [--config FILE] [--strict] [--log FILE]
+usage: iogate-oci-hook [--config FILE] [--cgroup-version V] [--strict] [--log FILE]
            decide from the bundle's annotations and the iogate policy, then write the limits
-       iogate-oci-hook apply --io-max 'MAJ:MIN riops=N wiops=N rbps=N wbps=N' [--io-max ...] [--strict] [--log FILE]
-           write limits already decided (this is how the NRI plugin injects the hook)
-Reads the OCI state on standard input. Fail-open by default: on error the container starts and the
-error is reported; with --strict (or IOGATE_STRICT=true) the hook exits 1 and the runtime refuses it.";
+       iogate-oci-hook apply --cgroup-version V --io-max 'MAJ:MIN riops=N wiops=N rbps=N wbps=N' [--io-max ...]
+           [--strict] [--log FILE]
+           write limits already decided (this is how the NRI plugin injects the hook, with its cgroup version)
+--cgroup-version auto|v1|v2 overrides the config's (CGROUP_VERSION); the config is found as the plugin
+finds it (--config, $IOGATE_CONFIG, /etc/iogate/config.toml). Reads the OCI state on standard input.
+Fail-open by default: on error the container starts and the error is reported; with --strict (or
+IOGATE_STRICT=true, any case) the hook exits 1 and the runtime refuses it.";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
-    Decide { config: Option<PathBuf> },
+    Decide,
     Apply { limits: Vec<DeviceLimits> },
 }
 
@@ -25,6 +29,11 @@ pub struct Options {
     pub mode: Mode,
     pub strict: bool,
     pub log: Option<PathBuf>,
+    /// The cgroup version the caller chose (the NRI plugin passes its own).
+    pub cgroup_mode: Option<CgroupMode>,
+    /// `--config`: the policy file (decide mode; apply mode reads it only
+    /// for the cgroup version when `--cgroup-version` is absent).
+    pub config: Option<PathBuf>,
 }
 
 pub fn parse(args: &[String]) -> Result<Options> {
@@ -33,14 +42,18 @@ pub fn parse(args: &[String]) -> Result<Options> {
     if apply {
         it.next();
     }
-    let (mut config, mut limits, mut strict, mut log) = (None, Vec::new(), false, None);
+    let (mut config, mut limits, mut strict, mut log, mut cgroup_mode) = (None, Vec::new(), false, None, None);
     while let Some(arg) = it.next() {
         let mut value =
             |name: &str| it.next().with_context(|| format!("{name} expects a value, found the end of the arguments"));
         match arg.as_str() {
             "--strict" => strict = true,
             "--log" => log = Some(PathBuf::from(value("--log")?)),
-            "--config" if !apply => config = Some(PathBuf::from(value("--config")?)),
+            "--config" => config = Some(PathBuf::from(value("--config")?)),
+            "--cgroup-version" => {
+                let v = value("--cgroup-version")?;
+                cgroup_mode = Some(v.parse::<CgroupMode>().map_err(|e| anyhow::anyhow!("--cgroup-version: {e}"))?);
+            }
             "--io-max" if apply => limits.push(value("--io-max")?.parse()?),
             other => bail!("unexpected argument {other:?}\n{USAGE}"),
         }
@@ -51,9 +64,9 @@ pub fn parse(args: &[String]) -> Result<Options> {
         }
         Mode::Apply { limits }
     } else {
-        Mode::Decide { config }
+        Mode::Decide
     };
-    Ok(Options { mode, strict, log })
+    Ok(Options { mode, strict, log, cgroup_mode, config })
 }
 
 #[cfg(test)]
@@ -67,9 +80,14 @@ mod tests {
     #[test]
     fn both_modes() {
         let o = parse(&args(&["--config", "/etc/iogate/config.toml", "--strict"])).unwrap();
-        assert_eq!(o.mode, Mode::Decide { config: Some("/etc/iogate/config.toml".into()) });
+        assert_eq!(o.mode, Mode::Decide);
+        assert_eq!(o.config, Some("/etc/iogate/config.toml".into()));
         assert!(o.strict);
-        let o = parse(&args(&["apply", "--io-max", "7:0 riops=500", "--io-max", "8:0 wbps=1Mi"])).unwrap();
+        assert_eq!(o.cgroup_mode, None);
+        let o =
+            parse(&args(&["apply", "--cgroup-version", "v1", "--io-max", "7:0 riops=500", "--io-max", "8:0 wbps=1Mi"]))
+                .unwrap();
+        assert_eq!(o.cgroup_mode, Some(CgroupMode::Only(iogate_core::CgroupVersion::V1)));
         let Mode::Apply { limits } = o.mode else { panic!() };
         assert_eq!(limits.len(), 2);
         assert_eq!(limits[1].limits.write_bps, Some(1 << 20));
@@ -85,5 +103,7 @@ mod tests {
         assert!(e.contains("riops: expected a whole number"), "{e}");
         let e = parse(&args(&["--config"])).unwrap_err().to_string();
         assert_eq!(e, "--config expects a value, found the end of the arguments");
+        let e = parse(&args(&["apply", "--cgroup-version", "v3", "--io-max", "7:0 riops=1"])).unwrap_err().to_string();
+        assert_eq!(e, "--cgroup-version: expected auto, v1 or v2, found \"v3\"");
     }
 }

@@ -2,7 +2,7 @@
 //! bundle's `config.json` it points to.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use oci_spec::runtime::{Spec, State};
@@ -40,7 +40,12 @@ pub fn read_spec(state: &State) -> Result<Spec> {
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!("expected the container's bundle config at {}, but it cannot be read", path.display())
     })?;
-    serde_json::from_str(&text)
+    parse_spec(&text, &path)
+}
+
+/// Parses a bundle's `config.json` (read from `path`, named in errors).
+pub fn parse_spec(text: &str, path: &Path) -> Result<Spec> {
+    serde_json::from_str(text)
         .map_err(|e| anyhow::anyhow!("expected an OCI runtime config at {}, found malformed JSON: {e}", path.display()))
 }
 

@@ -10,21 +10,20 @@
 //! `--log`), and the container runs. `--strict` turns every error into a
 //! refusal, which the runtime reports to the user.
 
-mod annotated;
-mod cli;
-mod input;
-
 use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use iogate_core::config::Config;
+use iogate_core::config::{self, Config};
 use iogate_core::device::DeviceResolver;
 use iogate_core::{CgroupFs, ContainerInfo, Decision, DeviceLimits, Policy};
 
-use cli::{Mode, Options};
+use iogate_oci_hook::cli::{self, Mode, Options};
+use iogate_oci_hook::{annotated, input};
 
-const DEFAULT_CONFIG: &str = "/etc/iogate/config.toml";
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,12 +31,15 @@ fn main() -> ExitCode {
         println!("{}", cli::USAGE);
         return ExitCode::SUCCESS;
     }
-    // Strictness must be known even when the arguments themselves are bad.
-    let env_strict = std::env::var("IOGATE_STRICT").is_ok_and(|v| matches!(v.trim(), "true" | "1" | "yes" | "on"));
-    let mut strict = env_strict || args.iter().any(|a| a == "--strict");
+    // Strictness must be known even when the arguments themselves are bad;
+    // an IOGATE_STRICT that does not parse asked for something, so the
+    // hook fails closed on it.
+    let env_strict = config::strict_from_env(env);
+    let mut strict = env_strict.as_ref().map_or(true, |s| s.unwrap_or(false)) || args.iter().any(|a| a == "--strict");
     let opts = cli::parse(&args);
     let log = opts.as_ref().ok().and_then(|o| o.log.clone());
-    let result = opts.and_then(|o| run(&o, std::io::stdin().lock(), &mut strict));
+    let result =
+        env_strict.map_err(anyhow::Error::from).and(opts).and_then(|o| run(&o, std::io::stdin().lock(), &mut strict));
     let (line, code) = match result {
         Ok(summary) => (format!("iogate-oci-hook: {summary}"), ExitCode::SUCCESS),
         Err(e) if strict => {
@@ -61,6 +63,17 @@ fn main() -> ExitCode {
     code
 }
 
+/// The policy as the NRI plugin loads it: the same discovery, the same
+/// environment.
+fn load_config(opts: &Options) -> Result<Config> {
+    let path = config::discover(opts.config.clone(), env);
+    let mut config = Config::load(path.as_deref(), env)?;
+    if let Some(mode) = opts.cgroup_mode {
+        config.cgroup_mode = mode;
+    }
+    Ok(config)
+}
+
 /// Does the work; returns the summary line. `strict` is raised when the
 /// policy file asks for it, so errors after loading it fail closed.
 fn run(opts: &Options, stdin: impl std::io::Read, strict: &mut bool) -> Result<String> {
@@ -69,16 +82,17 @@ fn run(opts: &Options, stdin: impl std::io::Read, strict: &mut bool) -> Result<S
     let pid = input::pid_of(&state)?;
     match &opts.mode {
         Mode::Apply { limits } => {
-            let cgroups = CgroupFs::detect(Default::default())?;
+            // The plugin passes its cgroup version; only a hand-run apply
+            // without it reads the config for one.
+            let mode = match opts.cgroup_mode {
+                Some(mode) => mode,
+                None => load_config(opts)?.cgroup_mode,
+            };
+            let cgroups = CgroupFs::detect(mode)?;
             write(&cgroups, pid, limits, state.id())
         }
-        Mode::Decide { config } => {
-            let path = config.clone().or_else(|| {
-                std::env::var_os("IOGATE_CONFIG")
-                    .map(Into::into)
-                    .or_else(|| std::path::Path::new(DEFAULT_CONFIG).exists().then(|| DEFAULT_CONFIG.into()))
-            });
-            let mut config = Config::load(path.as_deref(), |k| std::env::var(k).ok())?;
+        Mode::Decide => {
+            let mut config = load_config(opts)?;
             // --strict also makes the policy refuse malformed annotations.
             config.strict |= *strict;
             *strict = config.strict;
@@ -86,18 +100,19 @@ fn run(opts: &Options, stdin: impl std::io::Read, strict: &mut bool) -> Result<S
             let annotations = spec.annotations().clone().unwrap_or_default();
             let who = annotated::from_annotations(state.id(), &annotations);
             let info = ContainerInfo {
-                namespace: &who.namespace,
-                pod: &who.pod,
-                container: &who.container,
-                image: &who.image,
                 is_sandbox: who.is_sandbox,
-                annotations: &who.annotations,
+                foreign_problems: &who.problems,
+                ..ContainerInfo::new(&who.namespace, &who.pod, &who.container, &who.image, &who.annotations)
             };
-            let devices = resolve_devices(&config)?;
+            let devices = DeviceResolver::default().resolve_all(&config.mounts, &config.devices)?;
             let cgroups = CgroupFs::detect(config.cgroup_mode)?;
             let policy = Policy::new(config, devices);
             match policy.decide(&info)? {
-                Decision::Excluded { reason } => Ok(format!("{info}: excluded ({reason}); no limits")),
+                // Loud, as in the plugin, but for the sandbox, which runs no workload.
+                Decision::Excluded(exclusion @ iogate_core::exclusion::Exclusion::Sandbox) => {
+                    Ok(format!("{info}: excluded ({exclusion}); no limits"))
+                }
+                Decision::Excluded(exclusion) => Ok(format!("warning: {info}: excluded ({exclusion}); no limits")),
                 Decision::Exempt { reason } => Ok(format!("{info}: exempt ({reason}); no limits")),
                 Decision::Enforce(e) => {
                     let mut summary = write(&cgroups, pid, &e.device_limits(), &info.to_string())?;
@@ -110,20 +125,6 @@ fn run(opts: &Options, stdin: impl std::io::Read, strict: &mut bool) -> Result<S
             }
         }
     }
-}
-
-fn resolve_devices(config: &Config) -> Result<Vec<iogate_core::Device>> {
-    let r = DeviceResolver::default();
-    let mut out = Vec::new();
-    for m in &config.mounts {
-        out.push(r.resolve_mount(m)?);
-    }
-    for d in &config.devices {
-        out.push(r.resolve_device(d)?);
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
 }
 
 fn write(cgroups: &CgroupFs, pid: u32, limits: &[DeviceLimits], who: &str) -> Result<String> {

@@ -114,6 +114,10 @@ fn unknown_cgroup_layout() {
     };
     let (code, err) = hook(&["--strict"], &state, &[("CGROUP_VERSION", want), ("DATA_MOUNT", "/")]);
     assert_eq!(code, 1, "{err}");
+    // The version the plugin passes to the injected hook is the one used.
+    let (code, err2) = hook(&["apply", "--cgroup-version", want, "--io-max", "7:0 riops=1", "--strict"], &state, &[]);
+    assert_eq!(code, 1, "{err2}");
+    assert!(err2.contains(&format!("expected {expected}, found ")), "{err2}");
     assert!(
         err.starts_with(&format!(
             "iogate-oci-hook: error: no cgroup hierarchy with the block-I/O controller: expected {expected}, found "
@@ -180,4 +184,76 @@ fn refuses_to_throttle_the_root_cgroup() {
         err,
         format!("iogate-oci-hook: error: process {pid} is in the root {version} cgroup: expected a container's own cgroup; refusing to throttle the whole host{FAIL_CLOSED}")
     );
+}
+
+/// A bundle of a containerd CRI container, with extra annotations.
+fn cri_bundle(extra: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"annotations":{{
+            "io.kubernetes.cri.container-type":"container","io.kubernetes.cri.container-name":"app",
+            "io.kubernetes.cri.sandbox-name":"web-0","io.kubernetes.cri.sandbox-namespace":"shop"{extra}}}}}"#
+        ),
+    )
+    .unwrap();
+    let state = format!(
+        r#"{{"ociVersion":"1.0.2","id":"c1","status":"created","pid":{},"bundle":"{}"}}"#,
+        std::process::id(),
+        dir.path().display()
+    );
+    (dir, state)
+}
+
+/// The plugin refuses to start without devices; the hook's decide mode
+/// must not report success for a container it throttled nowhere.
+#[test]
+fn no_devices_is_an_error() {
+    let (_dir, state) = cri_bundle("");
+    both_ways(
+        &[],
+        &state,
+        &[("DATA_MOUNT", "")],
+        "no devices to throttle: expected at least one data mount or device (DATA_MOUNT, IOGATE_DEVICES, or [devices] in the config), found none",
+    );
+}
+
+/// `IOGATE_STRICT` reads as it does for the plugin: `TRUE` is strict.
+#[test]
+fn strict_from_the_environment_in_any_case() {
+    let (code, err) = hook(&["apply"], "", &[("IOGATE_STRICT", "TRUE")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.ends_with(FAIL_CLOSED), "{err}");
+    let (code, err) = hook(&["apply"], "", &[("IOGATE_STRICT", "false")]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// A strictness that does not parse asked for something: fail closed, and
+/// say why.
+#[test]
+fn malformed_strict_environment_fails_closed() {
+    let (_dir, state) = cri_bundle("");
+    let (code, err) = hook(&[], &state, &[("IOGATE_STRICT", "ture"), ("DATA_MOUNT", "/")]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err,
+        format!("iogate-oci-hook: error: environment variable IOGATE_STRICT=\"ture\": expected true or false, found \"ture\"{FAIL_CLOSED}")
+    );
+}
+
+/// CRI-O's pod annotations JSON that does not parse is a refusal in strict
+/// mode, not silently no annotations.
+#[test]
+fn unparsable_cri_o_annotations_in_strict_mode() {
+    let (_dir, state) = cri_bundle(r#","io.kubernetes.cri-o.Annotations":"{\"iogate.io/read-iops\":""#);
+    let (code, err) = hook(&["--strict"], &state, &[("DATA_MOUNT", "/")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with(
+            "iogate-oci-hook: error: iogate refuses pod shop/web-0 container app: annotation io.kubernetes.cri-o.Annotations=\"{\\\"iogate.io/read-iops\\\":\": expected a JSON object of string values (the pod's annotations), found EOF"
+        ),
+        "{err}"
+    );
+    assert!(err.ends_with(FAIL_CLOSED), "{err}");
 }

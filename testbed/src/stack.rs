@@ -468,6 +468,12 @@ impl Stack {
         Ok(())
     }
 
+    /// The plugin's whole policy file: the test's TOML with the hook path
+    /// and the data mounts (what `explain --config` must read to agree).
+    pub fn policy_text(&self) -> &str {
+        &self.policy_text
+    }
+
     /// Everything the plugin logged (an external one's output, or a
     /// pre-registered one's IOGATE_LOG_FILE), or the base-spec hook's log.
     pub fn plugin_log(&self) -> String {

@@ -35,13 +35,16 @@ pub fn mounts(text: &str) -> impl Iterator<Item = Mount<'_>> {
     })
 }
 
-/// mountinfo escapes spaces and friends as octal (`\040`).
+/// mountinfo escapes spaces and friends as octal (`\040`). An escape is one
+/// byte, so at most `\377`; a backslash followed by anything else (`\612`,
+/// which the kernel never writes) is kept as it is.
 fn unescape(field: &str) -> PathBuf {
     let b = field.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        let octal = |j: usize, max: u8| b.get(j).is_some_and(|c| (b'0'..=max).contains(c));
+        if b[i] == b'\\' && octal(i + 1, b'3') && octal(i + 2, b'7') && octal(i + 3, b'7') {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -55,6 +58,7 @@ fn unescape(field: &str) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::ffi::OsStrExt;
     use std::path::Path;
 
     use super::*;
@@ -83,5 +87,15 @@ not a mount line
     fn mountinfo_escapes() {
         assert_eq!(unescape("/a\\040b"), Path::new("/a b"));
         assert_eq!(unescape("/plain"), Path::new("/plain"));
+        assert_eq!(unescape("/a\\377"), Path::new(std::ffi::OsStr::from_bytes(b"/a\xff")));
+        assert_eq!(unescape("/a\\04"), Path::new("/a\\04"));
+    }
+
+    /// Found by the mountinfo fuzz target: `\612` overflowed a byte.
+    #[test]
+    fn an_escape_above_a_byte_is_kept_literally() {
+        assert_eq!(unescape("/mnt/a\\612b"), Path::new("/mnt/a\\612b"));
+        let line = "40 25 0:40 / /mnt/a\\612b rw - ext4 /dev/sda1 rw";
+        assert_eq!(mounts(line).next().unwrap().mount_point, Path::new("/mnt/a\\612b"));
     }
 }

@@ -1,7 +1,8 @@
 //! Every behaviour the policy promises, on one containerd, with real fio:
 //! limits from the first second, annotations, ceilings, exemptions,
-//! exclusions, malformed annotations, a containerd restart, containers that
-//! started while no plugin ran, and strict mode.
+//! exclusions (by exact namespace, never by a name a tenant chooses),
+//! malformed annotations, a containerd restart, containers that started
+//! while no plugin ran, and strict mode.
 
 use std::time::{Duration, Instant};
 
@@ -170,9 +171,22 @@ pub fn suite_on(stack: &mut Stack, scope: Scope, notes: &mut Notes) {
 
     if scope == Scope::Everything {
         notes.step("exclusions and malformed annotations");
-        // Excluded by keyword.
+        // Exclusions name namespaces exactly (the default: kube-system), so
+        // a tenant cannot escape by naming: a container named istio-proxy
+        // in shop gets the defaults, and only the real exclusion warns.
         let got = limits_of_new(stack, "shop", "mesh", "istio-proxy", &[]);
-        assert_eq!(got, Limits::UNLIMITED, "{v}: excluded container");
+        assert_eq!(got, limits(100, 100), "{v}: a container named istio-proxy in shop");
+        let got = limits_of_new(stack, "kube-system", "dns", "coredns", &[]);
+        assert_eq!(got, Limits::UNLIMITED, "{v}: excluded namespace");
+        let log = stack.plugin_log();
+        let excluded: Vec<&str> = log.lines().filter(|l| l.contains("no limits: excluded")).collect();
+        assert!(
+            excluded.len() == 1
+                && excluded[0].contains("WARN")
+                && excluded[0].contains("namespace kube-system is in exclude.namespaces")
+                && excluded[0].contains("kube-system/dns"),
+            "{v}: expected one WARN, for kube-system/dns, found {excluded:#?}"
+        );
 
         // Malformed annotation: defaults, and a warning naming everything.
         let got = limits_of_new(stack, "shop", "typo", "app", &[("iogate.io/read-iops", "fast")]);
