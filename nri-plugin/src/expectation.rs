@@ -42,7 +42,9 @@ pub fn expected(policy: &Policy, info: &ContainerInfo<'_>) -> Result<Expected, R
         why,
     };
     Ok(match policy.decide(info)? {
-        Decision::Excluded { reason } => Expected { guarantee: Guarantee::Excluded, want: Vec::new(), why: reason },
+        Decision::Excluded(exclusion) => {
+            Expected { guarantee: Guarantee::Excluded, want: Vec::new(), why: exclusion.to_string() }
+        }
         Decision::Exempt { reason } => unlimited(Guarantee::Exempt, format!("exempt by {reason}")),
         Decision::Enforce(e) if e.limits.is_unlimited() => {
             unlimited(Guarantee::UnlimitedByPolicy, format!("every knob is unlimited ({})", e.explain()))
@@ -54,25 +56,19 @@ pub fn expected(policy: &Policy, info: &ContainerInfo<'_>) -> Result<Expected, R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iogate_core::{Config, Device};
+    use iogate_core::exclusion::Exclusions;
+    use iogate_core::{Config, Device, Knob};
     use std::collections::HashMap;
 
     fn info<'a>(ns: &'a str, ann: &'a HashMap<String, String>) -> ContainerInfo<'a> {
-        ContainerInfo {
-            namespace: ns,
-            pod: "web-0",
-            container: "app",
-            image: "img",
-            is_sandbox: false,
-            annotations: ann,
-        }
+        ContainerInfo::new(ns, "web-0", "app", "img", ann)
     }
 
     #[test]
     fn each_decision_as_cgroup_content() {
         let config = Config {
             exempt_namespaces: vec!["trusted".into()],
-            exclude_namespaces: vec!["infra".into()],
+            exclusions: Exclusions { namespaces: vec!["infra".into()], ..Exclusions::default() },
             ..Config::default()
         };
         let policy = Policy::new(config, vec![Device::new(7, 0), Device::new(7, 1)]);
@@ -97,8 +93,11 @@ mod tests {
             ("iogate.io/write-iops".to_string(), "max".to_string()),
         ]
         .into();
-        let unlimited =
-            Policy::new(Config { default_ceiling: Limits::UNLIMITED, ..Config::default() }, vec![Device::new(7, 0)]);
+        let mut config = Config::default();
+        for knob in Knob::ALL {
+            config.ceilings.default.set(knob, None);
+        }
+        let unlimited = Policy::new(config, vec![Device::new(7, 0)]);
         let e = expected(&unlimited, &info("shop", &all_max)).unwrap();
         assert_eq!(e.guarantee, Guarantee::UnlimitedByPolicy);
     }

@@ -350,14 +350,16 @@ impl Reconciler {
             },
         };
         let annotations = self.annotations.read().unwrap_or_else(|p| p.into_inner()).current(&t.pod);
-        let info = ContainerInfo {
-            namespace: &t.pod.namespace,
-            pod: &t.pod.name,
+        // The pod's other containers are not needed: they only decide
+        // whether a key naming another container is worth a warning, which
+        // admission already gave.
+        let info = ContainerInfo::new(
+            &t.pod.namespace,
+            &t.pod.name,
             container,
-            image: &t.image,
-            is_sandbox: false,
-            annotations: annotations.as_deref().unwrap_or(&t.pod.annotations),
-        };
+            &t.image,
+            annotations.as_deref().unwrap_or(&t.pod.annotations),
+        );
         let expected = match expected(admission.policy(), &info) {
             Ok(e) => e,
             // Strict mode cannot refuse what already runs: what was last
@@ -618,7 +620,6 @@ mod tests {
         fn admission(&self, read_iops: u64) -> Admission {
             let mut config = Config::default();
             config.defaults.read_iops = Some(read_iops);
-            config.default_ceiling = config.defaults;
             let cgroups =
                 CgroupFs::new(CgroupVersion::V1, self.dir.path().join("blkio")).with_proc(self.dir.path().join("proc"));
             Admission::new(Policy::new(config, vec![Device::new(7, 0)]), cgroups)

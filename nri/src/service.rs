@@ -97,6 +97,9 @@ fn container_label(ctr: &api::Container) -> String {
 
 impl api::Plugin for PluginService {
     fn configure(&self, _ctx: &TtrpcContext, req: api::ConfigureRequest) -> ttrpc::Result<api::ConfigureResponse> {
+        // Before the plugin answers: a runtime that configures us took the
+        // registration, whether or not the plugin then refuses.
+        self.configured.store(true, Ordering::SeqCst);
         let mut subscriptions = Subscriptions::default();
         Arc::clone(&self.plugin).configure(&req, &mut subscriptions).map_err(|err| refusal("Configure", err))?;
         let events = subscriptions.mask();
@@ -108,7 +111,6 @@ impl api::Plugin for PluginService {
             return Err(refusal("Configure", refused.into()));
         }
         *self.subscriptions.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(subscriptions);
-        self.configured.store(true, Ordering::SeqCst);
         if let Ok(ms) = u64::try_from(req.request_timeout) {
             if ms > 0 {
                 self.runtime.set_request_timeout(Duration::from_millis(ms));

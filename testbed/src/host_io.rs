@@ -98,8 +98,12 @@ impl Drop for Scheduler {
 pub struct FioTotals {
     pub ios: u64,
     pub bytes: u64,
-    /// Mean completion latency (submission to completion) in ns.
+    /// Mean completion latency in ns: from `io_submit` returning to the
+    /// completion.
     pub clat_mean_ns: f64,
+    /// Mean total latency in ns (fio's `lat`: submission latency plus
+    /// completion latency), from entering `io_submit` to the completion.
+    pub lat_mean_ns: f64,
     /// Requests per second over the run, as fio timed it.
     pub iops: f64,
 }
@@ -132,6 +136,7 @@ pub fn run_fio_on(cgroup: &BlkioCgroup, target: &Path, dir: &Path, job: &Job) ->
         ios: field("total_ios")?,
         bytes: field("io_bytes")?,
         clat_mean_ns: side["clat_ns"]["mean"].as_f64().context("expected clat_ns.mean in fio JSON")?,
+        lat_mean_ns: side["lat_ns"]["mean"].as_f64().context("expected lat_ns.mean in fio JSON")?,
         iops: side["iops"].as_f64().context("expected iops in fio JSON")?,
     })
 }
