@@ -90,8 +90,11 @@ fn run_in_vm(kernel: &Kernel, scenario: Scenario) -> Result<(), Failed> {
             }
         }
         Err(e) => {
-            // The agent is gone or stuck: the next test boots afresh.
+            // The agent is gone or stuck: the next test boots afresh, on a
+            // fresh scratch disk (containerd's roots on this one may hold
+            // what a guest killed half-way through a pod left behind).
             booted.vm = None;
+            booted.scratch = None;
             Err(format!("{e:#}").into())
         }
     }
