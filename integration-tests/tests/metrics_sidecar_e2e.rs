@@ -236,14 +236,16 @@ fn promtool_accepts_the_exposition() -> Result<()> {
 
 /// The sidecar beside the NRI plugin on containerd 2.1: the pod's I/O is
 /// attributed to the pod (named by UID: no API server here) and container,
-/// at the limit the plugin set.
+/// at the limit the plugin set, with the plugin's word that the limits are
+/// the policy's; once the plugin is gone, that word is gone too.
 #[test]
-fn a_pod_on_containerd_is_attributed_and_shown_at_its_limit() -> Result<()> {
+fn a_pod_on_containerd_is_attributed_and_shown_at_its_limit_with_the_plugins_guarantee() -> Result<()> {
     require_root();
     let lock = HostLock::acquire()?;
     let policy = "[defaults]\nread-iops = 200\nwrite-iops = 200\n";
     let mut stack = Stack::start(&lock, StackOptions::external(Version::V2_1, policy))?;
-    let sidecar = Sidecar::start(INTERVAL, &["--source", "ebpf"])?;
+    let plugin = stack.plugin_addr.to_string();
+    let sidecar = Sidecar::start(INTERVAL, &["--source", "ebpf", "--plugin", &plugin])?;
     let spec = stack.pod_spec("shop", "web-0", &[]);
     let data = stack.data_dir("web-0")?;
     let job = Job::new("fio", Rw::RandRead, 6);
@@ -273,5 +275,25 @@ fn a_pod_on_containerd_is_attributed_and_shown_at_its_limit() -> Result<()> {
         .with_context(|| format!("expected the data disk with its 200 IOPS limit in {container}"))?;
     assert!(on_disk["read_iops"].as_f64().is_some_and(|r| fio::within(r, 200.0, 10.0)), "{on_disk}");
     assert_eq!(v["bottleneck"], "queue");
-    Ok(())
+    assert_eq!(container["guarantee"], "limited", "the plugin's word on {container}\n{}", sidecar.log());
+
+    // No plugin, no word: null, never the last answer kept.
+    stack.kill_plugin()?;
+    let job = Job::new("fio2", Rw::RandRead, 6);
+    job.prepare(&data)?;
+    let spec = stack.pod_spec("shop", "web-1", &[]);
+    let run = stack.run(&spec, "fio", job.command(DATA_IN_CONTAINER), &data)?;
+    std::thread::sleep(Duration::from_secs(4));
+    let (status, v) = sidecar.json(&format!("/api/v1/metrics/pod/{}", spec.uid))?;
+    stack.cri().wait_exit(&run.container_id, Duration::from_secs(60))?;
+    assert_eq!(status, 200, "{v}");
+    let containers = v["pod_metrics"]["containers"].as_array().context("containers")?;
+    assert!(!containers.is_empty(), "{v}");
+    for c in containers {
+        assert_eq!(c["guarantee"], Value::Null, "the plugin is down: {c}");
+    }
+    assert!(sidecar.log().contains("no guarantee from the NRI plugin"), "{}", sidecar.log());
+    stack.start_external_plugin(&[])?;
+    stack.cri().remove_all_pods()?;
+    stack.finish()
 }

@@ -8,6 +8,7 @@
 //! | `GET /api/v1/metrics/topslow[?limit=n]` | [`TopSlowResponse`] |
 //! | `GET /healthz`, `GET /api/v1/health` | [`HealthResponse`] |
 //! | `GET /readyz` | [`ReadyResponse`] |
+//! | `GET /api/v1/guarantee` (the NRI plugin's pod-local port) | [`GuaranteeResponse`] |
 //! | any error | [`ErrorResponse`], with the HTTP status |
 //!
 //! Field names are IOEye's where IOEye has the field, so existing scripts
@@ -37,6 +38,9 @@ use std::collections::BTreeMap;
 
 pub use iogate_core::Limits;
 use serde::{Deserialize, Serialize};
+
+mod guarantee;
+pub use guarantee::{ContainerGuarantee, Guarantee, GuaranteeResponse};
 
 /// `source` when the eBPF program counts: rates and latency.
 pub const SOURCE_EBPF: &str = "ebpf";
@@ -190,6 +194,11 @@ pub struct ContainerMetrics {
     pub container_id: Option<String>,
     #[serde(default)]
     pub devices: Vec<DeviceMetrics>,
+    /// The NRI plugin's word on its limits; `null` when the sidecar has
+    /// none (no plugin to ask, the plugin not answering, or the container
+    /// not yet verified).
+    #[serde(default)]
+    pub guarantee: Option<Guarantee>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -304,6 +313,7 @@ mod tests {
                     limit_utilization: 1.0,
                     lower_layer_of: None,
                 }],
+                guarantee: Some(Guarantee::Limited),
             }],
         }
     }

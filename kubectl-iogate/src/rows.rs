@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
-use iogate_api::{ContainerMetrics, DeviceMetrics, Limits, MetricsResponse, PodMetrics};
+use iogate_api::{ContainerMetrics, DeviceMetrics, Guarantee, Limits, MetricsResponse, PodMetrics};
 use iogate_core::Knob;
 
 use crate::workload::Workload;
@@ -154,6 +154,8 @@ pub struct Row {
     pub read_p99_ns: Option<u64>,
     pub write_p99_ns: Option<u64>,
     pub limit: LimitCell,
+    /// The NRI plugin's word on the limits, as the sidecar passed it on.
+    pub guarantee: Option<Guarantee>,
     pub bottleneck: Option<String>,
 }
 
@@ -193,6 +195,7 @@ fn pod_rows(entry: &PodEntry, workload: Workload) -> Vec<Row> {
         read_p99_ns: pod.read_latency_p99_ns,
         write_p99_ns: pod.write_latency_p99_ns,
         limit: LimitCell::Unknown,
+        guarantee: None,
         bottleneck: entry.bottleneck.clone(),
     };
     if pod.containers.is_empty() {
@@ -209,6 +212,7 @@ fn pod_rows(entry: &PodEntry, workload: Workload) -> Vec<Row> {
                 read_bps: devices.iter().map(|d| d.read_throughput_bps).sum(),
                 write_bps: devices.iter().map(|d| d.write_throughput_bps).sum(),
                 limit: tightest(c),
+                guarantee: c.guarantee,
                 ..row(c.container.as_deref().unwrap_or("-"))
             }
         })
@@ -332,6 +336,8 @@ pub(crate) mod tests {
         assert_eq!(app.limit.to_string(), "150 riops 97%");
         let exporter = rows.iter().find(|r| r.container == "exporter").unwrap();
         assert_eq!(exporter.limit, LimitCell::Unlimited);
+        assert_eq!(exporter.guarantee, Some(Guarantee::UnlimitedUnexpectedly));
+        assert_eq!(postgres.guarantee, None, "a sidecar that had no word from the plugin");
     }
 
     #[test]

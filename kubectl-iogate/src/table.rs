@@ -34,6 +34,9 @@ const TREE_HEADERS: [(&str, Align); 9] = [
 
 const INDENT: &str = "  ";
 
+/// Marks the LIMIT cell of a container whose limits are not the policy's.
+const BROKEN: &str = "!";
+
 #[derive(Debug, Clone, Copy)]
 enum Align {
     Left,
@@ -50,6 +53,12 @@ pub fn notes(rows: &[Row], degraded_nodes: &[String]) -> Vec<String> {
             degraded_nodes.join(", ")
         ));
     }
+    if rows.iter().any(|r| r.guarantee.is_some_and(|g| g.is_broken())) {
+        notes.push(format!(
+            "note: {BROKEN} limits not what the policy says ({}): the NRI plugin's log has a WARN naming the expected and the found",
+            iogate_api::Guarantee::UnlimitedUnexpectedly
+        ));
+    }
     if rows.iter().any(|r| r.workload.inferred) {
         notes.push("note: * workload inferred from the pod name (owner not known from the API)".to_string());
     }
@@ -64,7 +73,7 @@ pub fn render_flat(rows: &[Row]) -> String {
             let mut line = vec![r.namespace.clone(), r.workload.to_string(), r.pod.clone(), r.container.clone()];
             line.extend(rates(r));
             line.extend(latencies(r));
-            line.push(r.limit.to_string());
+            line.push(limit(r));
             line.push(bottleneck(r));
             line
         })
@@ -90,7 +99,7 @@ pub fn render_tree(rows: &[Row]) -> String {
                 for r in &containers {
                     let mut line = vec![indented(&r.container, 3)];
                     line.extend(rates(r));
-                    line.extend([String::new(), String::new(), r.limit.to_string(), String::new()]);
+                    line.extend([String::new(), String::new(), limit(r), String::new()]);
                     cells.push(line);
                 }
             }
@@ -129,6 +138,13 @@ fn rates(r: &Row) -> [String; 4] {
 
 fn latencies(r: &Row) -> [String; 2] {
     [millis(r.read_p99_ns), millis(r.write_p99_ns)]
+}
+
+fn limit(r: &Row) -> String {
+    match r.guarantee {
+        Some(g) if g.is_broken() => format!("{BROKEN} {}", r.limit),
+        _ => r.limit.to_string(),
+    }
 }
 
 fn bottleneck(r: &Row) -> String {
@@ -185,7 +201,7 @@ mod tests {
         let rows = canned_rows(SortKey::Latency);
         let want = "\
 NAMESPACE   WORKLOAD        POD                    CONTAINER   R IOPS   W IOPS   R MB/s   W MB/s   P99 R ms   P99 W ms   LIMIT           BOTTLENECK
-db          sts/pg*         pg-0                   exporter         0       20      0.0      1.0       1.80       5.20   -               disk
+db          sts/pg*         pg-0                   exporter         0       20      0.0      1.0       1.80       5.20   ! -             disk
 db          sts/pg*         pg-0                   postgres        40      200      0.3      8.4       1.80       5.20   10Mi wbps 80%   disk
 shop        deploy/web*     web-7d9f8b6c5d-x2kq9   app            145        3      0.6      0.0       0.33       0.21   150 riops 97%   queue
 ops         pod/backup-x*   backup-x               restic         900        0     94.4      0.0        n/a        n/a   -               unknown
@@ -195,6 +211,7 @@ ops         pod/backup-x*   backup-x               restic         900        0  
             notes(&rows, &["node-b".to_string()]),
             [
                 "note: latency unavailable on node-b (source: cgroup-stats, eBPF not loaded): P99 shows n/a",
+                "note: ! limits not what the policy says (unlimited_unexpectedly): the NRI plugin's log has a WARN naming the expected and the found",
                 "note: * workload inferred from the pod name (owner not known from the API)",
             ]
         );
@@ -213,7 +230,7 @@ db
   sts/pg*
     pg-0                                                           1.80       5.20                   disk
       postgres                 40      200      0.3      8.4                         10Mi wbps 80%
-      exporter                  0       20      0.0      1.0                         -
+      exporter                  0       20      0.0      1.0                         ! -
 shop
   deploy/web*
     web-7d9f8b6c5d-x2kq9                                           0.33       0.21                   queue

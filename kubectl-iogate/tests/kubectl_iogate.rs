@@ -59,13 +59,14 @@ async fn library_path_merges_two_sidecars_and_renders_the_table() {
         out.notes,
         [
             format!("note: latency unavailable on {b} (source: cgroup-stats, eBPF not loaded): P99 shows n/a"),
+            "note: ! limits not what the policy says (unlimited_unexpectedly): the NRI plugin's log has a WARN naming the expected and the found".to_string(),
             "note: * workload inferred from the pod name (owner not known from the API)".to_string(),
         ]
     );
     // Latency order; --limit 3 drops the degraded node's pod, which has none.
     let want = "\
 NAMESPACE   WORKLOAD      POD                    CONTAINER   R IOPS   W IOPS   R MB/s   W MB/s   P99 R ms   P99 W ms   LIMIT           BOTTLENECK
-db          sts/pg*       pg-0                   exporter         0       20      0.0      1.0       1.80       5.20   -               disk
+db          sts/pg*       pg-0                   exporter         0       20      0.0      1.0       1.80       5.20   ! -             disk
 db          sts/pg*       pg-0                   postgres        40      200      0.3      8.4       1.80       5.20   10Mi wbps 80%   disk
 shop        deploy/web*   web-7d9f8b6c5d-x2kq9   app            145        3      0.6      0.0       0.33       0.21   150 riops 97%   queue
 ";
@@ -105,7 +106,7 @@ db
   sts/pg*
     pg-0                                                 1.80       5.20                   disk
       postgres       40      200      0.3      8.4                         10Mi wbps 80%
-      exporter        0       20      0.0      1.0                         -
+      exporter        0       20      0.0      1.0                         ! -
 ";
     assert_eq!(stdout, want);
 }

@@ -34,6 +34,7 @@ pub mod frame;
 pub mod history;
 pub mod host_cgroups;
 pub mod http;
+pub mod plugin_guarantee;
 pub mod pods;
 pub mod prometheus;
 pub mod query;

@@ -14,6 +14,7 @@ use iogate_metrics_sidecar::counters::{CounterSource, SourceKind};
 use iogate_metrics_sidecar::diagnosis::NetworkMajors;
 use iogate_metrics_sidecar::ebpf::EbpfSource;
 use iogate_metrics_sidecar::host_cgroups::HostCgroups;
+use iogate_metrics_sidecar::plugin_guarantee;
 use iogate_metrics_sidecar::pods::{DirectoryStatus, PodDirectory};
 use iogate_metrics_sidecar::sampler::Sampler;
 use iogate_metrics_sidecar::state::{PodsStatus, SidecarState};
@@ -28,6 +29,9 @@ usage: iogate-metrics-sidecar [options]
   --node-name NAME     this node, to watch its pods (default $NODE_NAME)
   --no-kubernetes      don't contact the API; pods are named by UID
   --cgroup-version V   auto, v1 or v2 (default auto)
+  --plugin ADDR        the NRI plugin's pod-local endpoint, asked for each
+                       container's guarantee (default 127.0.0.1:9465)
+  --no-plugin          don't ask; the guarantee fields stay null
 
 Environment: IOGATE_LOG (log filter, default info).";
 
@@ -46,6 +50,7 @@ struct Args {
     node_name: Option<String>,
     kubernetes: bool,
     cgroup_mode: CgroupMode,
+    plugin: Option<SocketAddr>,
 }
 
 fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args> {
@@ -56,6 +61,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args> {
         node_name: std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()),
         kubernetes: true,
         cgroup_mode: CgroupMode::Auto,
+        plugin: Some("127.0.0.1:9465".parse().expect("valid default address")),
     };
     while let Some(flag) = argv.next() {
         let mut value = || argv.next().with_context(|| format!("{flag} expects a value"));
@@ -84,6 +90,11 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args> {
             }
             "--node-name" => args.node_name = Some(value()?),
             "--no-kubernetes" => args.kubernetes = false,
+            "--plugin" => {
+                let v = value()?;
+                args.plugin = Some(v.parse().with_context(|| format!("--plugin: expected HOST:PORT, found {v:?}"))?);
+            }
+            "--no-plugin" => args.plugin = None,
             "--cgroup-version" => {
                 let v = value()?;
                 args.cgroup_mode = v.parse().map_err(|e| anyhow::anyhow!("--cgroup-version: {e}"))?;
@@ -198,6 +209,10 @@ async fn run(args: Args) -> Result<()> {
             .spawn(move || run_sampler(shared, sampler, cgroups))
             .context("starting the sampler thread")?;
     }
+    if let Some(plugin) = args.plugin {
+        let shared = shared.clone();
+        tokio::spawn(async move { plugin_guarantee::poll(plugin, shared.interval, &shared.guarantee).await });
+    }
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!(
@@ -300,6 +315,12 @@ mod tests {
             "--listen: expected HOST:PORT, found \"9464\": invalid socket address syntax"
         );
         assert_eq!(msg(&["--listen"]), "--listen expects a value");
+        assert_eq!(
+            msg(&["--plugin", "localhost"]),
+            "--plugin: expected HOST:PORT, found \"localhost\": invalid socket address syntax"
+        );
+        assert_eq!(parse(&["--no-plugin"]).unwrap().plugin, None);
+        assert_eq!(parse(&[]).unwrap().plugin.unwrap().port(), 9465);
         assert_eq!(msg(&["--frobnicate"]), "unknown argument \"--frobnicate\"");
     }
 }

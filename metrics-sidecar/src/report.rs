@@ -100,6 +100,8 @@ fn pod_metrics(group: &GroupUsage, window: &Window) -> PodMetrics {
                         lower_layer_of: d.lower_layer_of.map(|u| u.to_string()),
                     })
                     .collect(),
+                // Filled in from the NRI plugin's answer before publishing.
+                guarantee: None,
             })
             .collect(),
     }

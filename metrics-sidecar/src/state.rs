@@ -7,6 +7,7 @@ pub use iogate_api::PodsStatus;
 
 use crate::counters::SourceKind;
 use crate::frame::Frame;
+use crate::plugin_guarantee::GuaranteeBoard;
 use crate::report::Assessed;
 
 /// The latest results, replaced whole at every tick.
@@ -29,18 +30,28 @@ pub struct SidecarState {
     pub ebpf_error: Option<String>,
     pub published: RwLock<Published>,
     pub pods: RwLock<PodsStatus>,
+    /// The NRI plugin's latest word on each container.
+    pub guarantee: GuaranteeBoard,
 }
 
 impl SidecarState {
     pub fn new(interval: Duration, source: SourceKind, ebpf_error: Option<String>, pods: PodsStatus) -> SidecarState {
-        SidecarState { interval, source, ebpf_error, published: RwLock::default(), pods: RwLock::new(pods) }
+        SidecarState {
+            interval,
+            source,
+            ebpf_error,
+            published: RwLock::default(),
+            pods: RwLock::new(pods),
+            guarantee: GuaranteeBoard::default(),
+        }
     }
 
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Published> {
         self.published.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn publish(&self, p: Published) {
+    pub fn publish(&self, mut p: Published) {
+        self.guarantee.annotate(&mut p.assessed);
         *self.published.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = p;
     }
 

@@ -143,8 +143,13 @@ impl Agent {
         let listener = std::net::TcpListener::bind(options.metrics_listen)
             .with_context(|| format!("binding the metrics endpoint {}", options.metrics_listen))?;
         info!(addr = %listener.local_addr()?, "metrics served at http://{}/metrics", listener.local_addr()?);
+        let state_of = Arc::downgrade(&reconciler);
+        let sources = crate::metrics_server::Sources {
+            telemetry,
+            guarantee: Arc::new(move || state_of.upgrade().map(|r| r.guarantee()).unwrap_or_default()),
+        };
         runtime.spawn(async move {
-            if let Err(e) = crate::metrics_server::serve(listener, telemetry).await {
+            if let Err(e) = crate::metrics_server::serve(listener, sources).await {
                 tracing::error!("the metrics endpoint failed: {e}");
             }
         });

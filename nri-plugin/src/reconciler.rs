@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use iogate_api::{ContainerGuarantee, GuaranteeResponse};
 use iogate_core::{CgroupPath, CgroupVersion, ContainerInfo, Device, DeviceLimits, Limits};
 use nri::{api, RuntimeHandle};
 use tracing::{debug, info, warn};
@@ -301,10 +302,19 @@ impl Reconciler {
         pass
     }
 
-    /// Each started container's id, pod, name and state (for tests and the
-    /// enforcement report).
-    pub fn states(&self) -> Vec<(String, String, String, Option<Guarantee>)> {
-        lock(&self.inventory).iter().map(|t| (t.id.clone(), t.pod.key(), t.name.clone(), t.state)).collect()
+    /// Each started container and its state (`GET /api/v1/guarantee`).
+    pub fn guarantee(&self) -> GuaranteeResponse {
+        let containers = lock(&self.inventory)
+            .iter()
+            .map(|t| ContainerGuarantee {
+                container_id: t.id.clone(),
+                namespace: t.pod.namespace.clone(),
+                pod: t.pod.name.clone(),
+                container: t.name.clone(),
+                state: t.state,
+            })
+            .collect();
+        GuaranteeResponse { containers }
     }
 
     fn publish_states(&self) {
@@ -697,7 +707,7 @@ mod tests {
         // The container stops: its cgroup goes, and so does it.
         std::fs::remove_dir_all(node.dir.path().join("blkio/pod/c0ffee")).unwrap();
         assert_eq!(r.pass().checked, 1);
-        assert!(r.states().is_empty());
+        assert!(r.guarantee().containers.is_empty());
         assert!(metric(&r, "iogate_containers{state=\"limited\"} 0"));
     }
 

@@ -13,47 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-/// Where a running container stands against the policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Guarantee {
-    /// Its cgroup holds exactly the limits the policy decides now.
-    Limited,
-    /// The policy leaves it alone (sandbox, namespace, keyword).
-    Excluded,
-    /// Exempt by annotation where allowed: its cgroup holds no limits.
-    Exempt,
-    /// The policy's every knob is unlimited for it, and so is its cgroup.
-    UnlimitedByPolicy,
-    /// The policy wants limits its cgroup does not hold (absent or other
-    /// values), even after a repair, or its cgroup cannot be read.
-    UnlimitedUnexpectedly,
-}
-
-impl Guarantee {
-    pub const ALL: [Guarantee; 5] = [
-        Guarantee::Limited,
-        Guarantee::Excluded,
-        Guarantee::Exempt,
-        Guarantee::UnlimitedByPolicy,
-        Guarantee::UnlimitedUnexpectedly,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Guarantee::Limited => "limited",
-            Guarantee::Excluded => "excluded",
-            Guarantee::Exempt => "exempt",
-            Guarantee::UnlimitedByPolicy => "unlimited_by_policy",
-            Guarantee::UnlimitedUnexpectedly => "unlimited_unexpectedly",
-        }
-    }
-}
-
-impl fmt::Display for Guarantee {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use iogate_api::Guarantee;
 
 /// Why limits had to be written into a running container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,9 +57,13 @@ pub enum Outcome {
     Failed,
 }
 
-impl EncodeLabelValue for Guarantee {
+/// The state as a label value (the type is the API crate's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct StateValue(Guarantee);
+
+impl EncodeLabelValue for StateValue {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
-        encoder.write_str(self.as_str())
+        encoder.write_str(self.0.as_str())
     }
 }
 
@@ -120,7 +84,7 @@ impl EncodeLabelValue for Outcome {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StateLabel {
-    state: Guarantee,
+    state: StateValue,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -189,7 +153,7 @@ impl Telemetry {
             tick.clone(),
         );
         for state in Guarantee::ALL {
-            containers.get_or_create(&StateLabel { state }).set(0);
+            containers.get_or_create(&StateLabel { state: StateValue(state) }).set(0);
         }
         Telemetry { registry, containers, repairs, hook_failures, config_reload_failures, start_to_verified, tick }
     }
@@ -198,7 +162,7 @@ impl Telemetry {
     pub fn set_states(&self, counts: &[(Guarantee, usize)]) {
         for state in Guarantee::ALL {
             let n = counts.iter().filter(|(s, _)| *s == state).map(|(_, n)| *n).sum::<usize>();
-            self.containers.get_or_create(&StateLabel { state }).set(n as i64);
+            self.containers.get_or_create(&StateLabel { state: StateValue(state) }).set(n as i64);
         }
     }
 

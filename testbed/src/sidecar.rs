@@ -22,7 +22,9 @@ pub struct Sidecar {
 
 impl Sidecar {
     /// Starts `iogate-metrics-sidecar --interval <interval> --no-kubernetes`
-    /// plus `extra`, and waits until `/readyz` answers 200.
+    /// plus `extra` (and `--no-plugin` unless `extra` names the plugin with
+    /// `--plugin`: a test's plugin listens on a port of its own), and waits
+    /// until `/readyz` answers 200.
     pub fn start(interval: Duration, extra: &[&str]) -> Result<Sidecar> {
         let dir = tempfile::tempdir()?;
         // Port 0 picks a free port; the sidecar binds it right after.
@@ -31,10 +33,18 @@ impl Sidecar {
         cmd.arg("--listen").arg(addr.to_string());
         cmd.arg("--interval").arg(interval.as_secs_f64().to_string());
         cmd.arg("--no-kubernetes").args(extra);
+        if !extra.contains(&"--plugin") {
+            cmd.arg("--no-plugin");
+        }
         let process = Background::spawn("iogate-metrics-sidecar", cmd, &dir.path().join("sidecar.log"))?;
         let sidecar = Sidecar { process, addr, interval, _dir: dir };
         sidecar.wait_ready(Duration::from_secs(30))?;
         Ok(sidecar)
+    }
+
+    /// Where it serves HTTP.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The sidecar's process id, to read its `/proc` accounting.
