@@ -304,11 +304,7 @@ pub fn oci_hook_input(data: &[u8]) {
     let Ok(spec) = input::parse_spec(&text(spec), Path::new("config.json")) else { return };
     let annotations = spec.annotations().clone().unwrap_or_default();
     let who = annotated::from_annotations(state.id(), &annotations);
-    let info = ContainerInfo {
-        is_sandbox: who.is_sandbox,
-        foreign_problems: &who.problems,
-        ..ContainerInfo::new(&who.namespace, &who.pod, &who.container, &who.image, &who.annotations)
-    };
+    let info = who.info();
     for strict in [false, true] {
         let config = Config { strict, ..Config::default() };
         let _ = Policy::new(config, vec![Device::new(7, 0)]).decide(&info);

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use iogate_core::annotations::{Problem, ProblemKind, Source};
+use iogate_core::ContainerInfo;
 
 /// CRI-O's copy of the pod's annotations, one JSON object.
 const CRI_O_ANNOTATIONS: &str = "io.kubernetes.cri-o.Annotations";
@@ -24,6 +25,17 @@ pub struct AnnotatedContainer {
     /// What could not be read: CRI-O's JSON when it does not parse (the
     /// policy warns, or refuses in strict mode).
     pub problems: Vec<Problem>,
+}
+
+impl AnnotatedContainer {
+    /// What the policy decides on. A hook sees one container: no siblings.
+    pub fn info(&self) -> ContainerInfo<'_> {
+        ContainerInfo {
+            is_sandbox: self.is_sandbox,
+            foreign_problems: &self.problems,
+            ..ContainerInfo::new(&self.namespace, &self.pod, &self.container, &self.image, &self.annotations)
+        }
+    }
 }
 
 fn first(a: &HashMap<String, String>, keys: &[&str]) -> Option<String> {

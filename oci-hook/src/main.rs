@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use iogate_core::config::{self, Config};
 use iogate_core::device::DeviceResolver;
-use iogate_core::{CgroupFs, ContainerInfo, Decision, DeviceLimits, Policy};
+use iogate_core::{CgroupFs, Decision, DeviceLimits, Policy};
 
 use iogate_oci_hook::cli::{self, Mode, Options};
 use iogate_oci_hook::{annotated, input};
@@ -99,11 +99,7 @@ fn run(opts: &Options, stdin: impl std::io::Read, strict: &mut bool) -> Result<S
             let spec = input::read_spec(&state)?;
             let annotations = spec.annotations().clone().unwrap_or_default();
             let who = annotated::from_annotations(state.id(), &annotations);
-            let info = ContainerInfo {
-                is_sandbox: who.is_sandbox,
-                foreign_problems: &who.problems,
-                ..ContainerInfo::new(&who.namespace, &who.pod, &who.container, &who.image, &who.annotations)
-            };
+            let info = who.info();
             let devices = DeviceResolver::default().resolve_all(&config.mounts, &config.devices)?;
             let cgroups = CgroupFs::detect(config.cgroup_mode)?;
             let policy = Policy::new(config, devices);

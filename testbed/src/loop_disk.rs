@@ -32,6 +32,16 @@ fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// A fresh directory `at` with a tmpfs mounted on it, for a `size_mib`
+/// backing file and a little headroom; the caller's Drop unmounts it.
+fn mount_tmpfs(at: &Path, size_mib: u64) -> Result<()> {
+    std::fs::create_dir(at).with_context(|| format!("creating {}", at.display()))?;
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={}m,mode=0700", size_mib + 16), "iogate-ramdisk"])
+        .arg(at))?;
+    Ok(())
+}
+
 impl LoopDisk {
     /// A `size_mib` disk whose backing file sits on the root disk (not
     /// tmpfs), attached with direct I/O so the loop device does not add a
@@ -53,10 +63,7 @@ impl LoopDisk {
         let dir =
             tempfile::Builder::new().prefix("iogate-ramdisk-").tempdir_in("/var/tmp").context("creating disk dir")?;
         let tmpfs = dir.path().join("tmpfs");
-        std::fs::create_dir(&tmpfs).with_context(|| format!("creating {}", tmpfs.display()))?;
-        run(Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={}m,mode=0700", size_mib + 16), "iogate-ramdisk"])
-            .arg(&tmpfs))?;
+        mount_tmpfs(&tmpfs, size_mib)?;
         let backing = tmpfs.join("disk.img");
         LoopDisk::attach(dir, backing, Some(tmpfs), size_mib)
     }
@@ -185,10 +192,7 @@ impl RamLoop {
     pub fn new(size_mib: u32) -> Result<RamLoop> {
         let dir = tempfile::Builder::new().prefix("iogate-ramdisk-").tempdir().context("creating ramdisk dir")?;
         let mount_point = dir.path().join("tmpfs");
-        std::fs::create_dir(&mount_point).with_context(|| format!("creating {}", mount_point.display()))?;
-        run(Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={}m,mode=0700", size_mib + 16), "iogate-ramdisk"])
-            .arg(&mount_point))?;
+        mount_tmpfs(&mount_point, u64::from(size_mib))?;
         // From here on Drop cleans up whatever was set up.
         let mut disk = RamLoop { device: PathBuf::new(), mount_point, size_mib, _dir: dir };
         let backing = disk.mount_point.join("disk.img");
