@@ -194,9 +194,16 @@ pub fn update_containers_measured(stack: &mut Stack, notes: &mut Notes) -> bool 
     stack.cgroups().write_limits(&cgroup, &[DeviceLimits { device: stack.device, limits: limits(4321, 100) }]).unwrap();
     let took = wait_until(RECONCILE_INTERVAL + SLACK, || stack.limits_of(run.pid).unwrap() == want)
         .unwrap_or_else(|| panic!("{v}: not restored within an interval:\n{}", stack.plugin_log()));
+    // The plugin logs the repair after its read-back, so the cgroup can be
+    // right a moment before the log says how.
+    let repaired =
+        wait_until(SLACK, || !log_lines(stack, "shop/viaruntime", "limits repaired and verified").is_empty())
+            .map(|_| log_lines(stack, "shop/viaruntime", "limits repaired and verified").remove(0))
+            .unwrap_or_else(|| panic!("{v}: no repair logged:\n{}", stack.plugin_log()));
+    let landed = repaired.contains("via=\"NRI UpdateContainers\"");
     let log = stack.plugin_log();
-    let landed = log.contains("NRI UpdateContainers with unified io.max lands");
-    let said: Vec<&str> = log.lines().filter(|l| l.contains("NRI UpdateContainers")).collect();
+    let said: Vec<&str> =
+        log.lines().filter(|l| l.contains("NRI UpdateContainers") || l.contains("limits repaired")).collect();
     let containerd_log = stack.containerd.as_ref().map(|c| c.log()).unwrap_or_default();
     let containerd_said: Vec<&str> = containerd_log
         .lines()
