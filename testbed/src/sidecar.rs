@@ -37,6 +37,11 @@ impl Sidecar {
         Ok(sidecar)
     }
 
+    /// Where it listens (a Prometheus server scrapes it there).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The sidecar's process id, to read its `/proc` accounting.
     pub fn pid(&self) -> Result<u32> {
         self.process.pid().context("the sidecar is not running")
