@@ -188,6 +188,23 @@ mod tests {
         assert!(frame.series.iter().any(|s| s.owner.cgroup == "(removed) 9" && s.counters.ops == 3));
     }
 
+    #[test]
+    fn the_disk_under_a_loop_device_is_a_lower_layer_only_for_cgroups_that_used_the_loop_device() {
+        let table = Table::default().pod(1, "ns", "web", "app").pod(2, "ns", "db", "pg");
+        let (lo, disk) = (Device::new(7, 0), Device::new(8, 0));
+        let ops = |n| IoCounters { ops: n, ..Default::default() };
+        let key = |id, device| IoKey { cgroup: CgroupId(id), device, direction: Direction::Write };
+        // web writes through the loop device; db writes to the disk itself.
+        let counters = HashMap::from([(key(1, lo), ops(5)), (key(1, disk), ops(5)), (key(2, disk), ops(7))]);
+        let snap = Snapshot { taken_at: Instant::now(), source: SourceKind::Ebpf, counters };
+        let mut frame = Frame::attribute(snap, SystemTime::now(), &table);
+        frame.mark_layers(&Stacking::with(&[(lo, disk)]));
+        let layer = |id, device| {
+            frame.series.iter().find(|s| s.cgroup == CgroupId(id) && s.device == device).unwrap().lower_layer_of
+        };
+        assert_eq!((layer(1, lo), layer(1, disk), layer(2, disk)), (None, Some(lo), None));
+    }
+
     /// Counts what the frame asks: limit files are real reads on a host.
     struct Counting(Table, std::cell::Cell<usize>, std::cell::Cell<usize>);
 
