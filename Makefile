@@ -23,6 +23,7 @@ test: deps containerd vm
 deps:
 	scripts/install-deps.sh
 	scripts/fetch-promtool.sh
+	scripts/fetch-prometheus.sh
 
 containerd:
 	scripts/fetch-containerd.sh

@@ -2,7 +2,7 @@
 //! and the limits in force on it. Frames are cumulative; `window` turns two
 //! of them into rates.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Instant, SystemTime};
 
 use iogate_core::{Device, Limits};
@@ -10,6 +10,7 @@ use iogate_core::{Device, Limits};
 use crate::attribution::Attribution;
 use crate::counters::{CgroupId, Direction, IoCounters, Snapshot, SourceKind};
 use crate::host_cgroups::CgroupOwner;
+use crate::stacking::Stacking;
 
 /// One cgroup's counters for one device and direction.
 #[derive(Debug, Clone)]
@@ -21,6 +22,10 @@ pub struct Series {
     pub counters: IoCounters,
     /// Limits in force on the cgroup for this device (`None`: unreadable).
     pub limits: Option<Limits>,
+    /// The stacked device (loop, multipath) whose requests this series
+    /// carries again for the cgroup ([`Frame::mark_layers`]); `None` on the
+    /// top layer.
+    pub lower_layer_of: Option<Device>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,7 +65,15 @@ impl Frame {
                     .clone();
                 let limits =
                     *limits_of.entry((key.cgroup, key.device)).or_insert_with(|| who.limits(key.cgroup, key.device));
-                Series { cgroup: key.cgroup, owner, device: key.device, direction: key.direction, counters, limits }
+                Series {
+                    cgroup: key.cgroup,
+                    owner,
+                    device: key.device,
+                    direction: key.direction,
+                    counters,
+                    limits,
+                    lower_layer_of: None,
+                }
             })
             .collect();
         // Stable order: reports and /metrics read the same way every scrape.
@@ -69,6 +82,31 @@ impl Frame {
         });
         removed.sort();
         Frame { taken_at: snapshot.taken_at, wall, source: snapshot.source, series, removed }
+    }
+
+    /// Marks each series below a stacked device the same cgroup has used
+    /// (cumulative counts: once a pod has used its loop device, the disk
+    /// under it stays marked for that pod, so a series does not change
+    /// layer from one scrape to the next).
+    pub fn mark_layers(&mut self, stacking: &Stacking) {
+        let mut devices: BTreeMap<CgroupId, Vec<(Device, u64)>> = BTreeMap::new();
+        for s in &self.series {
+            let list = devices.entry(s.cgroup).or_default();
+            match list.iter_mut().find(|(d, _)| *d == s.device) {
+                Some((_, ops)) => *ops += s.counters.ops,
+                None => list.push((s.device, s.counters.ops)),
+            }
+        }
+        let layers: HashMap<(CgroupId, Device), Option<Device>> = devices
+            .into_iter()
+            .flat_map(|(cgroup, list)| {
+                let layers = stacking.lower_layers(&list);
+                list.into_iter().zip(layers).map(move |((device, _), layer)| ((cgroup, device), layer))
+            })
+            .collect();
+        for s in &mut self.series {
+            s.lower_layer_of = layers.get(&(s.cgroup, s.device)).copied().flatten();
+        }
     }
 }
 
@@ -148,6 +186,23 @@ mod tests {
         assert_eq!(frame.series.len(), 2);
         assert_eq!(frame.removed, vec![CgroupId(9)]);
         assert!(frame.series.iter().any(|s| s.owner.cgroup == "(removed) 9" && s.counters.ops == 3));
+    }
+
+    #[test]
+    fn the_disk_under_a_loop_device_is_a_lower_layer_only_for_cgroups_that_used_the_loop_device() {
+        let table = Table::default().pod(1, "ns", "web", "app").pod(2, "ns", "db", "pg");
+        let (lo, disk) = (Device::new(7, 0), Device::new(8, 0));
+        let ops = |n| IoCounters { ops: n, ..Default::default() };
+        let key = |id, device| IoKey { cgroup: CgroupId(id), device, direction: Direction::Write };
+        // web writes through the loop device; db writes to the disk itself.
+        let counters = HashMap::from([(key(1, lo), ops(5)), (key(1, disk), ops(5)), (key(2, disk), ops(7))]);
+        let snap = Snapshot { taken_at: Instant::now(), source: SourceKind::Ebpf, counters };
+        let mut frame = Frame::attribute(snap, SystemTime::now(), &table);
+        frame.mark_layers(&Stacking::with(&[(lo, disk)]));
+        let layer = |id, device| {
+            frame.series.iter().find(|s| s.cgroup == CgroupId(id) && s.device == device).unwrap().lower_layer_of
+        };
+        assert_eq!((layer(1, lo), layer(1, disk), layer(2, disk)), (None, Some(lo), None));
     }
 
     /// Counts what the frame asks: limit files are real reads on a host.

@@ -11,6 +11,26 @@
 //!
 //! Latency histograms exist only when the source measures latency; in the
 //! cgroup-statistics fallback they are absent, not zero.
+//!
+//! # Stacked devices: each request once
+//!
+//! A loop device (or request-based multipath) passes each request down to
+//! the device below, and the kernel charges both to the same cgroup
+//! ([`crate::stacking`]). The lower layer's series are therefore a family
+//! of their own, `iogate_io_lower_layer_*`, with a `lower_layer_of="MAJ:MIN"`
+//! label naming the device above; `iogate_io_requests_total`,
+//! `iogate_io_bytes_total` and the `iogate_io_*latency_seconds` histograms
+//! hold the top layer only. A label (`layer="lower"`) on the same family
+//! was the alternative, and was rejected: Prometheus's naming guidance is
+//! that the `sum()` over all of a metric's dimensions be meaningful, and
+//! with both layers in one family every `sum by (pod)` not filtering on the
+//! label — any query written before this, or by a user in a hurry —
+//! counts each request twice and blends the two devices' latencies. With
+//! two families the plain sum is the pod's I/O, counted once, and
+//! per-device truth stays: a disk's whole load is the sum of both families
+//! for its `device`. `iogate_io_limit` is one family for every device (a
+//! limit on a lower device is in force there too, and gauges of limits are
+//! never summed).
 
 use std::fmt::Write;
 
@@ -72,6 +92,53 @@ fn histogram(out: &mut String, name: &str, labels: &str, h: &Log2Histogram, coun
     let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
 }
 
+/// The counter and histogram families of one layer (`prefix`: `iogate_io`
+/// for the top, `iogate_io_lower_layer` for the devices below it).
+fn families(out: &mut String, prefix: &str, note: &str, rows: &[(&str, &Series)], latency: bool) {
+    let name = |what: &str| format!("{prefix}_{what}");
+    let requests = name("requests_total");
+    header(
+        out,
+        &requests,
+        "counter",
+        &format!("Block I/O requests completed, by the cgroup they are charged to.{note}"),
+    );
+    for (l, s) in rows {
+        let _ = writeln!(out, "{requests}{{{l}}} {}", s.counters.ops);
+    }
+    let bytes = name("bytes_total");
+    header(out, &bytes, "counter", &format!("Bytes of block I/O completed.{note}"));
+    for (l, s) in rows {
+        let _ = writeln!(out, "{bytes}{{{l}}} {}", s.counters.bytes);
+    }
+    if !latency {
+        return;
+    }
+    let total = name("latency_seconds");
+    header(
+        out,
+        &total,
+        "histogram",
+        &format!("Request latency from insert (or issue, if issued directly) to completion.{note}"),
+    );
+    for (l, s) in rows {
+        let c = &s.counters;
+        histogram(out, &total, l, &c.total_hist, c.ops, c.queue_ns + c.disk_ns);
+    }
+    let queue = name("queue_latency_seconds");
+    header(out, &queue, "histogram", &format!("Time from insert into the I/O scheduler to issue to the driver.{note}"));
+    for (l, s) in rows {
+        let c = &s.counters;
+        histogram(out, &queue, l, &c.queue_hist, c.queued_ops, c.queue_ns);
+    }
+    let device = name("device_latency_seconds");
+    header(out, &device, "histogram", &format!("Time from issue to the driver to completion.{note}"));
+    for (l, s) in rows {
+        let c = &s.counters;
+        histogram(out, &device, l, &c.disk_hist, c.ops, c.disk_ns);
+    }
+}
+
 pub fn render(frame: Option<&Frame>, me: SelfState) -> String {
     let mut out = String::with_capacity(64 * 1024);
     header(
@@ -92,51 +159,24 @@ pub fn render(frame: Option<&Frame>, me: SelfState) -> String {
         return out;
     };
     let rows: Vec<(String, &Series)> = frame.series.iter().map(|s| (labels(s), s)).collect();
-
-    header(
+    let top: Vec<(&str, &Series)> =
+        rows.iter().filter(|(_, s)| s.lower_layer_of.is_none()).map(|(l, s)| (l.as_str(), *s)).collect();
+    let lower_labels: Vec<(String, &Series)> = rows
+        .iter()
+        .filter_map(|(l, s)| s.lower_layer_of.map(|upper| (format!("{l},lower_layer_of=\"{upper}\""), *s)))
+        .collect();
+    let lower: Vec<(&str, &Series)> = lower_labels.iter().map(|(l, s)| (l.as_str(), *s)).collect();
+    let latency = frame.source == SourceKind::Ebpf;
+    families(&mut out, "iogate_io", "", &top, latency);
+    // No stacked device in use: no lower-layer family at all.
+    if !lower.is_empty() {
+        families(
         &mut out,
-        "iogate_io_requests_total",
-        "counter",
-        "Block I/O requests completed, by the cgroup they are charged to.",
+        "iogate_io_lower_layer",
+        " The lower layer of a stacked device: requests a loop or multipath device (lower_layer_of) passed down to this device, already counted in the iogate_io_ family on that device.",
+        &lower,
+        latency,
     );
-    for (l, s) in &rows {
-        let _ = writeln!(out, "iogate_io_requests_total{{{l}}} {}", s.counters.ops);
-    }
-    header(&mut out, "iogate_io_bytes_total", "counter", "Bytes of block I/O completed.");
-    for (l, s) in &rows {
-        let _ = writeln!(out, "iogate_io_bytes_total{{{l}}} {}", s.counters.bytes);
-    }
-    if frame.source == SourceKind::Ebpf {
-        header(
-            &mut out,
-            "iogate_io_latency_seconds",
-            "histogram",
-            "Request latency from insert (or issue, if issued directly) to completion.",
-        );
-        for (l, s) in &rows {
-            let c = &s.counters;
-            histogram(&mut out, "iogate_io_latency_seconds", l, &c.total_hist, c.ops, c.queue_ns + c.disk_ns);
-        }
-        header(
-            &mut out,
-            "iogate_io_queue_latency_seconds",
-            "histogram",
-            "Time from insert into the I/O scheduler to issue to the driver.",
-        );
-        for (l, s) in &rows {
-            let c = &s.counters;
-            histogram(&mut out, "iogate_io_queue_latency_seconds", l, &c.queue_hist, c.queued_ops, c.queue_ns);
-        }
-        header(
-            &mut out,
-            "iogate_io_device_latency_seconds",
-            "histogram",
-            "Time from issue to the driver to completion.",
-        );
-        for (l, s) in &rows {
-            let c = &s.counters;
-            histogram(&mut out, "iogate_io_device_latency_seconds", l, &c.disk_hist, c.ops, c.disk_ns);
-        }
     }
     header(&mut out, "iogate_io_limit", "gauge", "Block I/O limit in force on the cgroup for the device (unit: iops or bytes_per_second); absent when unlimited.");
     for (l, s) in &rows {
@@ -165,6 +205,7 @@ mod tests {
     use super::*;
     use crate::counters::{CgroupId, Direction, IoCounters, IoKey, Snapshot};
     use crate::frame::testing::Table;
+    use crate::stacking::Stacking;
 
     fn frame(source: SourceKind) -> Frame {
         let dev = Device::new(7, 0);
@@ -214,6 +255,50 @@ mod tests {
             assert!(text.lines().any(|x| x == line), "missing {line:?} in\n{text}");
         }
         assert!(text.contains("cgroup=\"/we\\\"ird\\\\path\""), "label values are escaped");
+    }
+
+    /// A loop device over a disk, both charged to one container: the disk's
+    /// series are the lower layer's, marked with the loop device, and the
+    /// plain families sum to the loop device's requests only.
+    #[test]
+    fn a_stacked_pair_puts_the_lower_device_in_its_own_marked_family() {
+        let (lo, disk) = (Device::new(7, 0), Device::new(8, 0));
+        let table = Table::default().pod(1, "shop", "web-0", "app");
+        let key = |device| IoKey { cgroup: CgroupId(1), device, direction: Direction::Write };
+        let mut c = IoCounters { ops: 300, bytes: 300 * 4096, queued_ops: 300, disk_ns: 300_000, ..Default::default() };
+        c.total_hist.record(1_000);
+        let counters = HashMap::from([(key(lo), c), (key(disk), c)]);
+        let snapshot = Snapshot { taken_at: Instant::now(), source: SourceKind::Ebpf, counters };
+        let mut frame = Frame::attribute(snapshot, SystemTime::now(), &table);
+        frame.mark_layers(&Stacking::with(&[(lo, disk)]));
+        let text = render(Some(&frame), SelfState { ebpf_loaded: true, pods_synced: true });
+        let samples: Vec<(&str, &str)> =
+            text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once('{')).collect();
+        let top = "namespace=\"shop\",pod=\"web-0\",container=\"app\",cgroup=\"\",device=\"7:0\",direction=\"write\"";
+        let low = "namespace=\"shop\",pod=\"web-0\",container=\"app\",cgroup=\"\",device=\"8:0\",direction=\"write\",\
+                   lower_layer_of=\"7:0\"";
+        for line in [
+            format!("iogate_io_requests_total{{{top}}} 300"),
+            format!("iogate_io_latency_seconds_count{{{top}}} 300"),
+            format!("iogate_io_lower_layer_requests_total{{{low}}} 300"),
+            format!("iogate_io_lower_layer_bytes_total{{{low}}} 1228800"),
+            format!("iogate_io_lower_layer_device_latency_seconds_count{{{low}}} 300"),
+        ] {
+            assert!(text.lines().any(|x| x == line), "missing {line:?} in\n{text}");
+        }
+        for (name, labels) in &samples {
+            let is_lower = name.starts_with("iogate_io_lower_layer_");
+            assert_eq!(labels.contains("device=\"8:0\""), is_lower, "{name}{{{labels}");
+            assert_eq!(labels.contains("lower_layer_of=\"7:0\""), is_lower, "{name}{{{labels}");
+        }
+        assert!(text.contains("# TYPE iogate_io_lower_layer_latency_seconds histogram"));
+
+        // Without the stacking known (or the loop device unused) the disk is
+        // a top-layer device like any other.
+        frame.mark_layers(&Stacking::default());
+        let text = render(Some(&frame), SelfState { ebpf_loaded: true, pods_synced: true });
+        assert!(!text.contains("lower_layer"), "{text}");
+        assert_eq!(text.matches("iogate_io_requests_total{").count(), 2);
     }
 
     #[test]

@@ -30,10 +30,12 @@ impl Sampler {
     pub fn tick(&mut self, who: &dyn Attribution) -> anyhow::Result<Published> {
         let snapshot =
             self.source.snapshot().with_context(|| format!("reading the {} counters", self.source.kind().name()))?;
-        let frame = Frame::attribute(snapshot, SystemTime::now(), who);
+        let mut frame = Frame::attribute(snapshot, SystemTime::now(), who);
+        let stacking = Stacking::load();
+        frame.mark_layers(&stacking);
         let (assessed, window_seconds) = match &self.previous {
             Some(previous) => {
-                let window = Window::between(previous, &frame, &Stacking::load());
+                let window = Window::between(previous, &frame, &stacking);
                 (assess(&window, &mut self.history, &self.network), window.seconds)
             }
             None => (Vec::new(), 0.0),

@@ -59,6 +59,16 @@ impl Stacking {
         used.iter().copied().find(|upper| self.lower.get(upper).is_some_and(|l| l.contains(&device)))
     }
 
+    /// The layer of each of one cgroup's devices, given each device's
+    /// request count (`(device, ops)`): `Some(upper)` for a device whose
+    /// I/O passes down from `upper`, a device the cgroup used, else `None`
+    /// (the top layer). The REST API's windows and the Prometheus
+    /// exposition both mark layers with it.
+    pub fn lower_layers(&self, devices: &[(Device, u64)]) -> Vec<Option<Device>> {
+        let used: Vec<Device> = devices.iter().filter(|(_, ops)| *ops > 0).map(|(d, _)| *d).collect();
+        devices.iter().map(|(d, _)| self.is_below_any(*d, &used)).collect()
+    }
+
     #[cfg(test)]
     pub fn with(pairs: &[(Device, Device)]) -> Stacking {
         let mut lower: HashMap<Device, HashSet<Device>> = HashMap::new();
@@ -97,6 +107,14 @@ mod tests {
         assert_eq!(s.is_below_any(Device::new(8, 0), &[dm, Device::new(8, 0)]), Some(dm));
         assert_eq!(s.is_below_any(Device::new(8, 16), &[Device::new(8, 16)]), None, "only when the upper was used");
         assert_eq!(s.is_below_any(dm, &[dm]), None);
+    }
+
+    #[test]
+    fn only_a_device_below_a_used_one_is_a_lower_layer() {
+        let (lo, disk, other) = (Device::new(7, 0), Device::new(8, 0), Device::new(8, 16));
+        let s = Stacking::with(&[(lo, disk)]);
+        assert_eq!(s.lower_layers(&[(lo, 5), (disk, 5), (other, 3)]), vec![None, Some(lo), None]);
+        assert_eq!(s.lower_layers(&[(lo, 0), (disk, 5)]), vec![None, None], "the loop device was not used");
     }
 
     #[test]

@@ -119,10 +119,10 @@ impl Window {
             .map(|(key, containers)| {
                 let mut containers: Vec<ContainerUsage> = containers.into_values().collect();
                 for c in &mut containers {
-                    let used: Vec<Device> =
-                        c.devices.iter().filter(|d| d.read.ops + d.write.ops > 0).map(|d| d.device).collect();
-                    for d in &mut c.devices {
-                        d.lower_layer_of = stacking.is_below_any(d.device, &used);
+                    let usage: Vec<(Device, u64)> =
+                        c.devices.iter().map(|d| (d.device, d.read.ops + d.write.ops)).collect();
+                    for (d, layer) in c.devices.iter_mut().zip(stacking.lower_layers(&usage)) {
+                        d.lower_layer_of = layer;
                     }
                 }
                 let mut read = IoCounters::default();

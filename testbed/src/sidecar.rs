@@ -42,7 +42,7 @@ impl Sidecar {
         Ok(sidecar)
     }
 
-    /// Where it serves HTTP.
+    /// Where it serves HTTP (a Prometheus server scrapes it there).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
