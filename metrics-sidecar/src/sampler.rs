@@ -1,12 +1,13 @@
 //! One tick of the pipeline: snapshot → frame → window → judged metrics.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context;
 
 use crate::attribution::Attribution;
-use crate::counters::CounterSource;
+use crate::counters::{CgroupId, CounterSource};
 use crate::diagnosis::NetworkMajors;
 use crate::frame::Frame;
 use crate::history::History;
@@ -20,11 +21,15 @@ pub struct Sampler {
     previous: Option<Arc<Frame>>,
     history: History,
     network: NetworkMajors,
+    /// Cgroups the last frame could not name. A cgroup born between the
+    /// tree's rescan and the snapshot is unknown for one tick too, so its
+    /// counters are dropped only when a second rescan still misses it.
+    unknown_last_tick: BTreeSet<CgroupId>,
 }
 
 impl Sampler {
     pub fn new(source: Box<dyn CounterSource>, network: NetworkMajors) -> Sampler {
-        Sampler { source, previous: None, history: History::default(), network }
+        Sampler { source, previous: None, history: History::default(), network, unknown_last_tick: BTreeSet::new() }
     }
 
     pub fn tick(&mut self, who: &dyn Attribution) -> anyhow::Result<Published> {
@@ -40,15 +45,79 @@ impl Sampler {
             }
             None => (Vec::new(), 0.0),
         };
-        // Removed cgroups were just reported for the last time.
-        if let Err(e) = self.source.forget(&frame.removed) {
-            tracing::warn!("dropping the counters of {} removed cgroup(s): {e:#}", frame.removed.len());
+        // Cgroups missed by two rescans in a row were just reported for
+        // the last time.
+        let gone: Vec<CgroupId> =
+            frame.removed.iter().copied().filter(|id| self.unknown_last_tick.contains(id)).collect();
+        if !gone.is_empty() {
+            if let Err(e) = self.source.forget(&gone) {
+                tracing::warn!("dropping the counters of {} removed cgroup(s): {e:#}", gone.len());
+            }
         }
+        self.unknown_last_tick = frame.removed.iter().copied().filter(|id| !gone.contains(id)).collect();
         let at = frame.taken_at;
         // The next window starts from this frame, and /metrics renders it:
         // one frame, shared.
         let frame = Arc::new(frame);
         self.previous = Some(frame.clone());
         Ok(Published { frame: Some(frame), assessed, window_seconds, at: Some(at) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use iogate_core::Device;
+
+    use super::*;
+    use crate::counters::{Direction, IoCounters, IoKey, Snapshot, SourceKind};
+    use crate::frame::testing::Table;
+
+    /// One cgroup that has done 10 reads, and the ids it was told to forget.
+    struct OneCgroup(Arc<Mutex<Vec<CgroupId>>>);
+
+    impl CounterSource for OneCgroup {
+        fn kind(&self) -> SourceKind {
+            SourceKind::Ebpf
+        }
+        fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
+            let key = IoKey { cgroup: CgroupId(9), device: Device::new(7, 0), direction: Direction::Read };
+            let counters = IoCounters { ops: 10, bytes: 40960, ..Default::default() };
+            Ok(Snapshot {
+                taken_at: Instant::now(),
+                source: SourceKind::Ebpf,
+                counters: HashMap::from([(key, counters)]),
+            })
+        }
+        fn forget(&mut self, removed: &[CgroupId]) -> anyhow::Result<()> {
+            self.0.lock().unwrap().extend_from_slice(removed);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_cgroup_born_after_the_rescan_keeps_its_counts() {
+        let forgotten = Arc::new(Mutex::new(Vec::new()));
+        let mut sampler = Sampler::new(Box::new(OneCgroup(forgotten.clone())), NetworkMajors::default());
+        // Its I/O reached the maps before the tree's rescan saw its directory.
+        sampler.tick(&Table::default()).unwrap();
+        assert!(forgotten.lock().unwrap().is_empty(), "counts dropped after one tick unknown");
+        // The next rescan names it: nothing was lost.
+        sampler.tick(&Table::default().pod(9, "shop", "web-0", "app")).unwrap();
+        assert!(forgotten.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_cgroup_missed_by_two_rescans_is_forgotten_once() {
+        let forgotten = Arc::new(Mutex::new(Vec::new()));
+        let mut sampler = Sampler::new(Box::new(OneCgroup(forgotten.clone())), NetworkMajors::default());
+        sampler.tick(&Table::default().pod(9, "shop", "web-0", "app")).unwrap();
+        sampler.tick(&Table::default()).unwrap();
+        assert!(forgotten.lock().unwrap().is_empty(), "its last counts are reported first");
+        sampler.tick(&Table::default()).unwrap();
+        assert_eq!(*forgotten.lock().unwrap(), vec![CgroupId(9)]);
     }
 }
