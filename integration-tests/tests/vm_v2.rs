@@ -17,7 +17,7 @@ use iogate_testbed::containerd_daemon::{CgroupDriver, Version};
 use iogate_testbed::host_lock::HostLock;
 use iogate_testbed::scenarios::policy::Scope;
 use iogate_testbed::scenarios::{Check, Scenario};
-use iogate_testbed::vm::{Kernel, NodeVm, Payload, ScratchDisk};
+use iogate_testbed::vm::{GuestHung, Kernel, NodeVm, Payload, ScratchDisk};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 /// Longest a single check may take under TCG.
@@ -43,10 +43,48 @@ fn version_name(v: Version) -> &'static str {
 }
 
 /// Runs `scenario` on `kernel`, booting it first if the running VM is
-/// another kernel's (or none).
+/// another kernel's (or none). A guest whose kernel reports that it hung
+/// (see [`GuestHung`]) is powered off, and the check runs once more on a
+/// fresh boot, saying so: the emulated node stopped, not the check. A
+/// second hang, or any other failure, fails the test.
 fn run_in_vm(kernel: &Kernel, scenario: Scenario) -> Result<(), Failed> {
     let mut guard = BOOTED.lock().unwrap_or_else(|p| p.into_inner());
     let booted = &mut *guard;
+    match attempt(booted, kernel, scenario) {
+        Err(Attempt::Hung(hung)) => {
+            println!("  THE GUEST HUNG: {}; rebooting on a fresh scratch disk to run the check once more", hung.report);
+            println!("{}", hung.details);
+            match attempt(booted, kernel, scenario) {
+                Ok(()) => {
+                    println!("  the check passed on the fresh boot, after the guest hang above");
+                    Ok(())
+                }
+                Err(Attempt::Hung(again)) => Err(format!(
+                    "the guest hung twice: first {}, then {}\n{}",
+                    hung.report, again.report, again.details
+                )
+                .into()),
+                Err(Attempt::Failed(f)) => Err(f),
+            }
+        }
+        Err(Attempt::Failed(f)) => Err(f),
+        Ok(()) => Ok(()),
+    }
+}
+
+enum Attempt {
+    Hung(GuestHung),
+    Failed(Failed),
+}
+
+impl<T: Into<Failed>> From<T> for Attempt {
+    fn from(f: T) -> Attempt {
+        Attempt::Failed(f.into())
+    }
+}
+
+/// The running VM, if it is `kernel`'s; otherwise `kernel` booted.
+fn booted_vm<'a>(booted: &'a mut Booted, kernel: &Kernel) -> Result<&'a mut NodeVm, Failed> {
     if let Some((_, why)) = booted.failed.iter().find(|(suite, _)| *suite == kernel.suite) {
         return Err(format!("kernel {} did not boot: {why}", kernel.release).into());
     }
@@ -80,7 +118,11 @@ fn run_in_vm(kernel: &Kernel, scenario: Scenario) -> Result<(), Failed> {
             }
         }
     }
-    let vm = booted.vm.as_mut().expect("booted above");
+    Ok(booted.vm.as_mut().expect("booted above"))
+}
+
+fn attempt(booted: &mut Booted, kernel: &Kernel, scenario: Scenario) -> Result<(), Attempt> {
+    let vm = booted_vm(booted, kernel)?;
     match vm.run(scenario, CHECK_TIMEOUT, |line| println!("  {line}")) {
         Ok(outcome) => {
             println!("  ({scenario} took {:.1} s in the VM)", outcome.seconds);
@@ -95,7 +137,43 @@ fn run_in_vm(kernel: &Kernel, scenario: Scenario) -> Result<(), Failed> {
             // what a guest killed half-way through a pod left behind).
             booted.vm = None;
             booted.scratch = None;
-            Err(format!("{e:#}").into())
+            match e.downcast::<GuestHung>() {
+                Ok(hung) => Err(Attempt::Hung(hung)),
+                Err(e) => Err(format!("{e:#}").into()),
+            }
+        }
+    }
+}
+
+/// A hang the guest kernel reports ends the wait for the agent within
+/// seconds, as [`GuestHung`] with the report, instead of after the check's
+/// whole timeout. The report is written to the kernel log from user space,
+/// as the soft-lockup watchdog words it; the VM is powered off after.
+fn a_reported_hang_ends_the_wait(kernel: &Kernel) -> Result<(), Failed> {
+    let mut guard = BOOTED.lock().unwrap_or_else(|p| p.into_inner());
+    let booted = &mut *guard;
+    let vm = booted_vm(booted, kernel)?;
+    let report = "watchdog: BUG: soft lockup - CPU#1 stuck for 99s! [iogate-hang-test:1]";
+    let started = std::time::Instant::now();
+    let answer = vm.exec(&format!("echo '<0>{report}' > /dev/kmsg && sleep 120"), Duration::from_secs(100));
+    let waited = started.elapsed();
+    booted.vm = None;
+    match answer {
+        Err(e) => match e.downcast::<GuestHung>() {
+            Ok(hung) if hung.report.ends_with(report) && waited < Duration::from_secs(30) => {
+                println!("  the reported hang ended the wait after {:.1} s: {}", waited.as_secs_f64(), hung.report);
+                Ok(())
+            }
+            Ok(hung) => Err(format!(
+                "expected the report {report:?} to end the wait within 30 s; it took {:.1} s and said {:?}",
+                waited.as_secs_f64(),
+                hung.report
+            )
+            .into()),
+            Err(e) => Err(format!("expected the guest hang {report:?}, found another error: {e:#}").into()),
+        },
+        Ok((status, output)) => {
+            Err(format!("expected the guest hang {report:?}, found the command's end ({status}): {output}").into())
         }
     }
 }
@@ -159,6 +237,11 @@ fn trials() -> Result<Vec<Trial>, String> {
                 out.push(trial(name, kernel, on(check, version, driver)));
             }
         }
+        // Last on this kernel: it powers the VM off.
+        let hang_kernel = kernel.clone();
+        out.push(Trial::test(format!("vm_v2_kernel_{k}_a_hang_the_guest_reports_ends_the_wait"), move || {
+            a_reported_hang_ends_the_wait(&hang_kernel)
+        }));
     }
     Ok(out)
 }

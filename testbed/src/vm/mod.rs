@@ -16,6 +16,8 @@
 //! removes the run's files. qemu also dies with the test process (parent
 //! death signal), so nothing outlives a crashed test.
 
+mod console;
+mod host_view;
 pub mod payload;
 pub mod protocol;
 
@@ -32,6 +34,7 @@ use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use host_view::QemuSample;
 pub use payload::Payload;
 
 /// The guest's `/var/tmp`: a virtio disk that outlives a boot, so that the
@@ -57,6 +60,23 @@ impl ScratchDisk {
 use protocol::{FromAgent, Hello, Outcome, ToAgent};
 
 use crate::scenarios::Scenario;
+
+/// Where each boot's whole guest console is copied when the guest powers
+/// off, if set (a failure shows only an excerpt).
+pub const CONSOLE_DIR_VAR: &str = "IOGATE_VM_CONSOLE_DIR";
+
+/// How often a silent agent's console is read for a hang report.
+const HANG_WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The guest kernel said it is stuck for good ([`console::hang_reported`]):
+/// the emulated node stopped, whatever the check was doing. Its `details`
+/// hold the console's excerpt and what the host did meanwhile.
+#[derive(Debug, thiserror::Error)]
+#[error("the guest kernel hung: {report}\n{details}")]
+pub struct GuestHung {
+    pub report: String,
+    pub details: String,
+}
 
 /// How long a boot may take under TCG before it counts as hung.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
@@ -148,7 +168,16 @@ impl NodeVm {
             .arg(kernel.dir.join("vmlinuz"))
             .arg("-initrd")
             .arg(&initrd)
-            .args(["-append", "console=ttyS0 rdinit=/iogate-init panic=-1 quiet loglevel=4 systemd.show_status=0"])
+            // For a hang's report to say where the guest was stuck:
+            // loglevel=5, as its stack traces are printed at the default
+            // level (4), which loglevel=4 keeps off the console; every CPU's
+            // backtrace with the first soft lockup; and the CPUs an
+            // inter-processor call waits on for more than 5 s named.
+            .arg("-append")
+            .arg(
+                "console=ttyS0 rdinit=/iogate-init panic=-1 quiet loglevel=5 systemd.show_status=0 \
+                 softlockup_all_cpu_backtrace=1 csdlock_debug=1",
+            )
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=raw,cache=unsafe", scratch.image.display()))
             .arg("-serial")
@@ -188,7 +217,7 @@ impl NodeVm {
             dir,
         };
         vm.from_agent = spawn_reader(vm.to_agent.try_clone()?);
-        match vm.receive(BOOT_TIMEOUT)? {
+        match vm.receive(BOOT_TIMEOUT, 0)? {
             FromAgent::Hello(hello) => vm.hello = hello,
             FromAgent::Fatal { message } => bail!("the node could not be prepared: {message}\n{}", vm.console_tail()),
             other => bail!("expected the agent's hello, found {other:?}"),
@@ -202,11 +231,12 @@ impl NodeVm {
     pub fn run(&mut self, scenario: Scenario, timeout: Duration, mut progress: impl FnMut(&str)) -> Result<Outcome> {
         let id = self.next_id;
         self.next_id += 1;
+        let console_from = self.console_len();
         self.send(&ToAgent::Run { id, scenario })?;
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.receive(left)? {
+            match self.receive(left, console_from)? {
                 FromAgent::Progress { id: got, line } if got == id => progress(&line),
                 FromAgent::Done { id: got, outcome } if got == id => return Ok(outcome),
                 other => bail!("expected the outcome of request {id}, found {other:?}"),
@@ -219,8 +249,9 @@ impl NodeVm {
     pub fn exec(&mut self, command: &str, timeout: Duration) -> Result<(i32, String)> {
         let id = self.next_id;
         self.next_id += 1;
+        let console_from = self.console_len();
         self.send(&ToAgent::Exec { id, command: command.into() })?;
-        match self.receive(timeout)? {
+        match self.receive(timeout, console_from)? {
             FromAgent::Output { id: got, status, output } if got == id => Ok((status, output)),
             other => bail!("expected the output of request {id}, found {other:?}"),
         }
@@ -230,9 +261,21 @@ impl NodeVm {
     /// own output.
     pub fn console_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let start = lines.len().saturating_sub(60);
-        format!("--- last lines of the guest console ---\n{}", lines[start..].join("\n"))
+        console::excerpt(&text)
+    }
+
+    /// Copies the whole console to `$IOGATE_VM_CONSOLE_DIR`, when set, for
+    /// reading a hang in full after the run's files are gone.
+    fn keep_console(&self) {
+        let Some(dir) = std::env::var_os(CONSOLE_DIR_VAR) else { return };
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let dest = Path::new(&dir).join(format!("{}-{}.console.log", self.kernel.release, since_epoch.as_secs()));
+        let copied =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::copy(self.dir.path().join("console.log"), &dest));
+        match copied {
+            Ok(_) => eprintln!("  the guest console is kept at {}", dest.display()),
+            Err(e) => eprintln!("  keeping the guest console at {}: {e}", dest.display()),
+        }
     }
 
     fn send(&mut self, msg: &ToAgent) -> Result<()> {
@@ -241,15 +284,44 @@ impl NodeVm {
         self.to_agent.write_all(&line).context("writing to the agent")
     }
 
-    fn receive(&mut self, timeout: Duration) -> Result<FromAgent> {
-        match self.from_agent.recv_timeout(timeout) {
-            Ok(Ok(msg)) => Ok(msg),
-            Ok(Err(e)) => bail!("{e}\n{}", self.console_tail()),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                bail!("the agent said nothing for {timeout:?}\n{}", self.console_tail())
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                bail!("the agent's connection ended (the guest powered off?)\n{}", self.console_tail())
+    fn console_text(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+
+    fn console_len(&self) -> usize {
+        self.console_text().len()
+    }
+
+    /// The agent's next message, waiting at most `timeout`; meanwhile the
+    /// console written since `console_from` is watched, and a hang the guest
+    /// kernel reports there ends the wait at once as [`GuestHung`].
+    fn receive(&mut self, timeout: Duration, console_from: usize) -> Result<FromAgent> {
+        let qemu_pid = self.qemu.as_ref().map(Child::id);
+        let before = qemu_pid.and_then(QemuSample::take);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.from_agent.recv_timeout(left.min(HANG_WATCH_INTERVAL)) {
+                Ok(Ok(msg)) => return Ok(msg),
+                Ok(Err(e)) => bail!("{e}\n{}", self.console_tail()),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let host = || qemu_pid.map(|pid| host_view::describe(pid, before)).unwrap_or_default();
+                    let console = self.console_text();
+                    let since = String::from_utf8_lossy(console.get(console_from..).unwrap_or_default());
+                    if let Some(report) = console::hang_reported(&since) {
+                        return Err(GuestHung {
+                            report: report.trim().to_string(),
+                            details: format!("{}\n{}", self.console_tail(), host()),
+                        }
+                        .into());
+                    }
+                    if left.is_zero() {
+                        bail!("the agent said nothing for {timeout:?}\n{}\n{}", self.console_tail(), host())
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("the agent's connection ended (the guest powered off?)\n{}", self.console_tail())
+                }
             }
         }
     }
@@ -258,6 +330,7 @@ impl NodeVm {
 impl Drop for NodeVm {
     fn drop(&mut self) {
         let _ = self.send(&ToAgent::PowerOff);
+        self.keep_console();
         if let Some(mut qemu) = self.qemu.take() {
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
