@@ -12,7 +12,6 @@
 //! The documents are [`iogate_api`]'s. Errors are JSON
 //! `{"error": "...", "status": N}` with that status.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -21,15 +20,13 @@ use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use iogate_api::{
-    ErrorResponse, HealthResponse, MetricsResponse, PodMetrics, PodResponse, ReadyResponse, TopSlowResponse,
-};
+use iogate_api::{ErrorResponse, HealthResponse, PodResponse, ReadyResponse, TopSlowResponse};
 
-use crate::prometheus::{self, SelfState};
+use crate::bodies::{pods, slowest};
+use crate::prometheus;
 use crate::query::{self, QueryError};
-use crate::report::{map_keys, rfc3339, Assessed};
+use crate::report::{rfc3339, Assessed};
 use crate::state::SidecarState;
-use crate::window::GroupKey;
 
 pub fn router(shared: Arc<SidecarState>) -> Router {
     Router::new()
@@ -67,47 +64,11 @@ fn bad_query(e: QueryError) -> Response {
     error(StatusCode::BAD_REQUEST, e.to_string())
 }
 
-fn pods(assessed: &[Assessed]) -> Vec<&Assessed> {
-    assessed.iter().filter(|a| matches!(a.key, GroupKey::Pod { .. })).collect()
-}
-
 async fn all_metrics(State(shared): State<Arc<SidecarState>>, uri: Uri) -> Response {
     if let Err(e) = query::all_metrics(&uri) {
         return bad_query(e);
     }
-    let published = shared.read();
-    let pods = pods(&published.assessed);
-    let keys = map_keys(&pods);
-    let mut pod_metrics = BTreeMap::new();
-    let mut bottlenecks = BTreeMap::new();
-    let mut anomalies = BTreeMap::new();
-    for (key, pod) in keys.iter().zip(&pods) {
-        pod_metrics.insert(key.clone(), &pod.metrics);
-        bottlenecks.insert(key.clone(), pod.bottleneck.name().to_string());
-        anomalies.insert(key.clone(), pod.anomaly);
-    }
-    let mut cgroup_metrics = BTreeMap::new();
-    let mut cgroup_bottlenecks = BTreeMap::new();
-    for a in &published.assessed {
-        if let GroupKey::Cgroup(path) = &a.key {
-            cgroup_metrics.insert(path.clone(), &a.metrics);
-            cgroup_bottlenecks.insert(path.clone(), a.bottleneck.name().to_string());
-        }
-    }
-    let top = slowest(&pods, query::DEFAULT_TOP);
-    let document: MetricsResponse<&PodMetrics> = MetricsResponse {
-        timestamp: rfc3339(SystemTime::now()),
-        source: shared.source.name().to_string(),
-        latency_available: shared.source.has_latency(),
-        window_seconds: published.window_seconds,
-        pod_metrics,
-        top_slow_pods: top.iter().map(|a| &a.metrics).collect(),
-        bottlenecks,
-        anomalies,
-        cgroup_metrics,
-        cgroup_bottlenecks,
-    };
-    Json(document).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], shared.bodies().all_metrics.clone()).into_response()
 }
 
 async fn pod_metrics(State(shared): State<Arc<SidecarState>>, Path(pod): Path<String>, uri: Uri) -> Response {
@@ -148,13 +109,6 @@ async fn pod_metrics(State(shared): State<Arc<SidecarState>>, Path(pod): Path<St
     .into_response()
 }
 
-fn slowest<'a>(pods: &[&'a Assessed], n: usize) -> Vec<&'a Assessed> {
-    let mut with_latency: Vec<&Assessed> = pods.iter().copied().filter(|a| a.slowness().is_some()).collect();
-    with_latency.sort_by(|a, b| b.slowness().cmp(&a.slowness()).then_with(|| a.key.cmp(&b.key)));
-    with_latency.truncate(n);
-    with_latency
-}
-
 async fn top_slow(State(shared): State<Arc<SidecarState>>, uri: Uri) -> Response {
     let limit = match query::top_slow(&uri) {
         Ok(n) => n,
@@ -176,9 +130,7 @@ async fn top_slow(State(shared): State<Arc<SidecarState>>, uri: Uri) -> Response
 }
 
 async fn prometheus_text(State(shared): State<Arc<SidecarState>>) -> Response {
-    let me = SelfState { ebpf_loaded: shared.source.has_latency(), pods_synced: shared.pods().synced };
-    let body = prometheus::render(shared.read().frame.as_deref(), me);
-    ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], body).into_response()
+    ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], shared.bodies().prometheus.clone()).into_response()
 }
 
 async fn health(State(shared): State<Arc<SidecarState>>) -> Response {

@@ -15,8 +15,9 @@
 //!    (each request counted once across [`stacking`]);
 //!    [`report`] turns it into IOEye's fields plus percentiles, judged by
 //!    [`diagnosis`] (bottleneck) and [`history`] (trend, anomaly);
-//! 4. [`http`] serves the REST API (its query parameters as [`query`] reads
-//!    them) and [`prometheus`] text.
+//! 4. [`bodies`] renders `/metrics` ([`prometheus`] text) and the full REST
+//!    document once per tick; [`http`] serves them and the rest of the REST
+//!    API (its query parameters as [`query`] reads them).
 //!
 //! [`sampler`] runs steps 1–3 once per interval and [`state`] holds what the
 //! handlers read.
@@ -25,6 +26,7 @@
 //! node's sidecar.
 
 pub mod attribution;
+pub mod bodies;
 pub mod cgroup_stats;
 pub mod cgroup_tree;
 pub mod counters;

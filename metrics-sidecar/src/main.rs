@@ -177,11 +177,12 @@ fn run_sampler(shared: Arc<SidecarState>, mut sampler: Sampler, mut cgroups: Hos
         if let Err(e) = cgroups.refresh() {
             tracing::warn!("rescanning cgroups: {e}; keeping the previous map");
         }
+        // The pods status first: publishing renders it into /metrics.
+        shared.set_pods(pods_status(cgroups.pods()));
         match sampler.tick(&cgroups) {
             Ok(published) => shared.publish(published),
             Err(e) => tracing::warn!("sampling: {e:#}"),
         }
-        shared.set_pods(pods_status(cgroups.pods()));
         release_freed_memory();
         next += shared.interval;
         let now = Instant::now();
