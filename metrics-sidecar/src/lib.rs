@@ -17,7 +17,8 @@
 //!    [`diagnosis`] (bottleneck) and [`history`] (trend, anomaly);
 //! 4. [`bodies`] renders `/metrics` ([`prometheus`] text) and the full REST
 //!    document once per tick; [`http`] serves them and the rest of the REST
-//!    API (its query parameters as [`query`] reads them).
+//!    API (its query parameters as [`query`] reads them), within the time and
+//!    connection bounds of [`serve`].
 //!
 //! [`sampler`] runs steps 1–3 once per interval and [`state`] holds what the
 //! handlers read.
@@ -42,6 +43,7 @@ pub mod prometheus;
 pub mod query;
 pub mod report;
 pub mod sampler;
+pub mod serve;
 pub mod stacking;
 pub mod state;
 pub mod window;

@@ -17,6 +17,7 @@ use iogate_metrics_sidecar::host_cgroups::HostCgroups;
 use iogate_metrics_sidecar::plugin_guarantee;
 use iogate_metrics_sidecar::pods::{DirectoryStatus, PodDirectory};
 use iogate_metrics_sidecar::sampler::Sampler;
+use iogate_metrics_sidecar::serve::{self, Bounds};
 use iogate_metrics_sidecar::state::{PodsStatus, SidecarState};
 
 const USAGE: &str = "\
@@ -224,10 +225,15 @@ async fn run(args: Args) -> Result<()> {
         interval_s = args.interval.as_secs_f64(),
         "serving"
     );
-    axum::serve(listener, iogate_metrics_sidecar::http::router(shared))
-        .with_graceful_shutdown(shutdown())
-        .await
-        .context("serving HTTP")
+    let bounds = Bounds::default().within_fd_limit(serve::raise_fd_limit());
+    tracing::info!(
+        header_timeout_s = bounds.header_timeout.as_secs_f64(),
+        request_timeout_s = bounds.request_timeout.as_secs_f64(),
+        max_connections = bounds.max_connections,
+        "HTTP bounds"
+    );
+    serve::serve(listener, iogate_metrics_sidecar::http::router(shared), bounds, shutdown()).await;
+    Ok(())
 }
 
 async fn shutdown() {

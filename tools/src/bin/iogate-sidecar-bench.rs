@@ -14,7 +14,10 @@
 //! * `pods`: the sidecar binary watching 1,000 pod-shaped blkio cgroups that
 //!   all do I/O all the time: its RSS and CPU over a minute (`sidecar:`),
 //!   then the latency and size of `GET /metrics` and `GET /api/v1/metrics`
-//!   at that scale (`scrape:`).
+//!   at that scale (`scrape:`), 64 clients scraping `/metrics` at once and
+//!   the sidecar's RSS meanwhile (`concurrent:`), and `/healthz` while
+//!   2,000 connections sit open without a request, until the sidecar has
+//!   closed them (`half-open:`).
 //!
 //! IOPS figures are medians over rounds (with the range); latencies are
 //! medians and 95th percentiles. Compare ratios within one run, not absolute
@@ -58,6 +61,15 @@ const CPU_WINDOW: Duration = Duration::from_secs(60);
 /// 5 s window.
 const WORKER_IOPS: u64 = 500;
 const SCRAPES: usize = 200;
+/// Clients scraping `/metrics` at the same moment, and how many times.
+const CONCURRENT: usize = 64;
+const CONCURRENT_ROUNDS: usize = 5;
+/// Connections that never send a request, `/healthz` requests timed while
+/// they are open, and how long they may stay before the sidecar must have
+/// closed them (its header-read timeout is 10 s).
+const HALF_OPEN: usize = 2000;
+const HEALTH_PROBES: usize = 50;
+const HALF_OPEN_DEADLINE: Duration = Duration::from_secs(60);
 
 fn main() -> Result<()> {
     let which: Vec<String> = std::env::args().skip(1).collect();
@@ -623,10 +635,127 @@ fn bench_pods() -> Result<()> {
         percentile(&api, 0.95),
         api_bytes as f64 / 1024.0,
     );
+    println!("{}", concurrent_scrapes(&sidecar, pid)?);
+    worker.check()?;
+    println!("{}", half_open(&sidecar)?);
+    worker.check()?;
     drop(sidecar);
     worker.join()?;
     drop(tree);
     drop(disk);
+    Ok(())
+}
+
+/// `CONCURRENT` clients each `GET /metrics` at once, `CONCURRENT_ROUNDS`
+/// times, with the sidecar's RSS sampled throughout: what a burst of
+/// scrapers costs in memory and time.
+fn concurrent_scrapes(sidecar: &Sidecar, pid: u32) -> Result<String> {
+    let before = status_kib(pid, "VmRSS")?;
+    let peak = Arc::new(AtomicU64::new(before));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(kib) = status_kib(pid, "VmRSS") {
+                    peak.fetch_max(kib, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let addr = sidecar.addr();
+    let mut took = Vec::new();
+    for _ in 0..CONCURRENT_ROUNDS {
+        let clients: Vec<_> = (0..CONCURRENT)
+            .map(|_| {
+                std::thread::spawn(move || -> Result<Duration> {
+                    let t = Instant::now();
+                    let (status, body) = iogate_testbed::sidecar::http_get(addr, "/metrics")?;
+                    ensure!(status == 200 && !body.is_empty(), "GET /metrics answered {status}");
+                    Ok(t.elapsed())
+                })
+            })
+            .collect();
+        for c in clients {
+            took.push(c.join().map_err(|_| anyhow::anyhow!("a scraping thread panicked"))??);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    took.sort();
+    Ok(format!(
+        "concurrent: {CONCURRENT} clients GET /metrics at once, {CONCURRENT_ROUNDS} rounds: each took median {:?}, \
+         p95 {:?}; sidecar RSS {:.1} MiB before, peak {:.1} MiB during (target < 48 MiB)",
+        percentile(&took, 0.5),
+        percentile(&took, 0.95),
+        before as f64 / 1024.0,
+        peak.load(Ordering::Relaxed) as f64 / 1024.0,
+    ))
+}
+
+/// `HALF_OPEN` connections that never send a request: how `/healthz`
+/// answers while they are open, and how long until the sidecar has closed
+/// every one (its header-read timeout).
+fn half_open(sidecar: &Sidecar) -> Result<String> {
+    raise_own_fd_limit(HALF_OPEN as u64 + 256)?;
+    let silent: Vec<std::net::TcpStream> = (0..HALF_OPEN)
+        .map(|i| std::net::TcpStream::connect(sidecar.addr()).with_context(|| format!("opening connection {i}")))
+        .collect::<Result<_>>()?;
+    let opened = Instant::now();
+    let mut health = Vec::with_capacity(HEALTH_PROBES);
+    for _ in 0..HEALTH_PROBES {
+        let t = Instant::now();
+        let (status, body) = sidecar.get("/healthz")?;
+        ensure!(status == 200, "GET /healthz answered {status} with {HALF_OPEN} half-open connections: {body}");
+        health.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    health.sort();
+    let (closed, last) = wait_closed(&silent, opened + HALF_OPEN_DEADLINE)?;
+    Ok(format!(
+        "half-open: {HALF_OPEN} connections that send nothing: GET /healthz meanwhile median {:?}, p95 {:?}, \
+         max {:?} (target < 100 ms); the sidecar closed {closed} of them, the last {:.1} s after they opened \
+         ({} still open after {} s)",
+        percentile(&health, 0.5),
+        percentile(&health, 0.95),
+        health.last().copied().unwrap_or_default(),
+        last.as_secs_f64(),
+        HALF_OPEN - closed,
+        HALF_OPEN_DEADLINE.as_secs(),
+    ))
+}
+
+/// Polls `streams` until the peer has closed each (readable at EOF) or
+/// `deadline`: how many closed, and when the last of them did, from the
+/// first poll.
+fn wait_closed(streams: &[std::net::TcpStream], deadline: Instant) -> Result<(usize, Duration)> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let started = Instant::now();
+    let mut open: Vec<&std::net::TcpStream> = streams.iter().collect();
+    let mut last = Duration::ZERO;
+    while !open.is_empty() && Instant::now() < deadline {
+        let mut fds: Vec<PollFd> = open.iter().map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN)).collect();
+        poll(&mut fds, PollTimeout::from(100u16)).context("polling the half-open connections")?;
+        let done: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+        drop(fds);
+        if done.iter().any(|d| *d) {
+            last = started.elapsed();
+        }
+        open = open.into_iter().zip(done).filter(|(_, d)| !d).map(|(s, _)| s).collect();
+    }
+    Ok((streams.len() - open.len(), last))
+}
+
+/// This process needs a descriptor per half-open connection.
+fn raise_own_fd_limit(want: u64) -> Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit(RLIMIT_NOFILE)")?;
+    if soft < want {
+        ensure!(hard >= want, "expected a descriptor limit of at least {want}, found a hard limit of {hard}");
+        setrlimit(Resource::RLIMIT_NOFILE, want, hard).context("setrlimit(RLIMIT_NOFILE)")?;
+    }
     Ok(())
 }
 
