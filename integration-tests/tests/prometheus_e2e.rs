@@ -223,29 +223,28 @@ impl Prometheus {
 
     /// An instant query evaluated at `at` (Unix seconds).
     fn query(&self, expr: &str, at: f64) -> Result<Vec<Point>> {
-        let data = self.api(&format!("/api/v1/query?query={}&time={at:.3}", urlencode(expr)))?;
-        ensure!(data["resultType"] == "vector", "{expr}: expected a vector, found {data}");
-        data["result"]
-            .as_array()
-            .context("result")?
-            .iter()
-            .map(|r| {
-                let labels = r["metric"]
-                    .as_object()
-                    .context("metric")?
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                    .collect();
-                let value = r["value"][1].as_str().context("value")?.parse::<f64>()?;
-                Ok(Point { labels, value })
-            })
+        self.series_at(expr, at, "vector")?
+            .into_iter()
+            .map(|(labels, r)| Ok(Point { labels, value: sample_value(&r["value"])? }))
             .collect()
     }
 
     /// A range-vector selector evaluated at `at`: each series' raw samples.
     fn raw(&self, selector: &str, at: f64) -> Result<Vec<RawSeries>> {
-        let data = self.api(&format!("/api/v1/query?query={}&time={at:.3}", urlencode(selector)))?;
-        ensure!(data["resultType"] == "matrix", "{selector}: expected a matrix, found {data}");
+        self.series_at(selector, at, "matrix")?
+            .into_iter()
+            .map(|(labels, r)| {
+                let values = r["values"].as_array().context("values")?.iter().map(sample_value);
+                Ok((labels, values.collect::<Result<Vec<f64>>>()?))
+            })
+            .collect()
+    }
+
+    /// An instant query's result of type `result_type`: each series'
+    /// labels, with the rest of its entry.
+    fn series_at(&self, expr: &str, at: f64, result_type: &str) -> Result<Vec<(BTreeMap<String, String>, Value)>> {
+        let data = self.api(&format!("/api/v1/query?query={}&time={at:.3}", urlencode(expr)))?;
+        ensure!(data["resultType"] == result_type, "{expr}: expected a {result_type}, found {data}");
         data["result"]
             .as_array()
             .context("result")?
@@ -257,13 +256,7 @@ impl Prometheus {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
                     .collect();
-                let values = r["values"]
-                    .as_array()
-                    .context("values")?
-                    .iter()
-                    .map(|v| Ok(v[1].as_str().context("value")?.parse::<f64>()?))
-                    .collect::<Result<Vec<f64>>>()?;
-                Ok((labels, values))
+                Ok((labels, r.clone()))
             })
             .collect()
     }
@@ -362,6 +355,11 @@ fn fio_span(job: &Job, host_dir: &Path) -> Result<(f64, f64)> {
 
 /// Δsum and Δcount of a histogram family over the window, from the raw
 /// samples Prometheus scraped, every series matching `selector` added up.
+/// A `[time, "value"]` pair's value.
+fn sample_value(pair: &Value) -> Result<f64> {
+    Ok(pair[1].as_str().context("value")?.parse::<f64>()?)
+}
+
 fn raw_deltas(p: &Prometheus, family: &str, selector: &str, at: f64) -> Result<(f64, f64)> {
     let delta = |suffix: &str| -> Result<f64> {
         let series = p.raw(&format!("{family}_{suffix}{{{selector}}}[{WINDOW_SECONDS}s]"), at)?;
