@@ -1,8 +1,9 @@
 //! The bodies every scrape gets. `/metrics` and `/api/v1/metrics` take no
-//! choice from the request, so they are rendered once per tick, where the
-//! sampler publishes, and a request is handed the same bytes: at 1,000 pods
-//! a render is megabytes and tens of milliseconds of CPU, while a handed-out
-//! body is a reference count, and no lock is held while it is written out.
+//! choice from the request, so they are rendered at most once per tick (see
+//! [`crate::state::SidecarState::bodies`]) and every request of the tick is
+//! handed the same bytes: at 1,000 pods a render is megabytes and tens of
+//! milliseconds of CPU, while a handed-out body is a reference count, and no
+//! lock is held while it is written out.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;

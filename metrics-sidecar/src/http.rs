@@ -68,7 +68,7 @@ async fn all_metrics(State(shared): State<Arc<SidecarState>>, uri: Uri) -> Respo
     if let Err(e) = query::all_metrics(&uri) {
         return bad_query(e);
     }
-    ([(header::CONTENT_TYPE, "application/json")], shared.bodies().all_metrics.clone()).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], shared.bodies().await.all_metrics.clone()).into_response()
 }
 
 async fn pod_metrics(State(shared): State<Arc<SidecarState>>, Path(pod): Path<String>, uri: Uri) -> Response {
@@ -130,7 +130,7 @@ async fn top_slow(State(shared): State<Arc<SidecarState>>, uri: Uri) -> Response
 }
 
 async fn prometheus_text(State(shared): State<Arc<SidecarState>>) -> Response {
-    ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], shared.bodies().prometheus.clone()).into_response()
+    ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], shared.bodies().await.prometheus.clone()).into_response()
 }
 
 async fn health(State(shared): State<Arc<SidecarState>>) -> Response {

@@ -4,6 +4,7 @@ use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
 
 pub use iogate_api::PodsStatus;
 
@@ -25,15 +26,30 @@ pub struct Published {
     pub at: Option<Instant>,
 }
 
+/// One tick's results and, once a request has asked for them, their
+/// rendered bodies.
+#[derive(Debug)]
+pub struct Tick {
+    pub published: Published,
+    /// The pods status as it was when the tick was published.
+    pods_synced: bool,
+    bodies: OnceCell<Arc<Bodies>>,
+}
+
+impl std::ops::Deref for Tick {
+    type Target = Published;
+    fn deref(&self) -> &Published {
+        &self.published
+    }
+}
+
 #[derive(Debug)]
 pub struct SidecarState {
     pub interval: Duration,
     pub source: SourceKind,
     /// Why eBPF is not in use (`None` when it is).
     pub ebpf_error: Option<String>,
-    pub published: RwLock<Published>,
-    /// `published` rendered, swapped whole with it.
-    bodies: ArcSwap<Bodies>,
+    current: ArcSwap<Tick>,
     pub pods: RwLock<PodsStatus>,
     /// The NRI plugin's latest word on each container.
     pub guarantee: GuaranteeBoard,
@@ -41,35 +57,48 @@ pub struct SidecarState {
 
 impl SidecarState {
     pub fn new(interval: Duration, source: SourceKind, ebpf_error: Option<String>, pods: PodsStatus) -> SidecarState {
-        let bodies = Bodies::render(&Published::default(), source, pods.synced);
+        let first = Tick { published: Published::default(), pods_synced: pods.synced, bodies: OnceCell::new() };
         SidecarState {
             interval,
             source,
             ebpf_error,
-            published: RwLock::default(),
-            bodies: ArcSwap::from_pointee(bodies),
+            current: ArcSwap::from_pointee(first),
             pods: RwLock::new(pods),
             guarantee: GuaranteeBoard::default(),
         }
     }
 
-    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Published> {
-        self.published.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The last tick's results; a handler keeps them whole for as long as
+    /// it holds them, whatever the sampler publishes meanwhile.
+    pub fn read(&self) -> Arc<Tick> {
+        self.current.load_full()
     }
 
-    /// The bodies of `/metrics` and `/api/v1/metrics` as of the last
-    /// [`SidecarState::publish`].
-    pub fn bodies(&self) -> Arc<Bodies> {
-        self.bodies.load_full()
-    }
-
-    /// Replaces the published results, and renders their bodies (with the
-    /// pods status as last set: set it first).
+    /// Replaces the published results (with the pods status as last set:
+    /// set it first, it is rendered into `/metrics`).
     pub fn publish(&self, mut p: Published) {
         self.guarantee.annotate(&mut p.assessed);
-        let bodies = Bodies::render(&p, self.source, self.pods().synced);
-        *self.published.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = p;
-        self.bodies.store(Arc::new(bodies));
+        self.current.store(Arc::new(Tick { published: p, pods_synced: self.pods().synced, bodies: OnceCell::new() }));
+    }
+
+    /// The bodies of `/metrics` and `/api/v1/metrics` for the last tick,
+    /// rendered at most once per tick: by the first request that wants
+    /// them (requests meanwhile wait for that render; later ones get the
+    /// same bytes), and not at all in a tick nobody scrapes.
+    pub async fn bodies(&self) -> Arc<Bodies> {
+        let tick = self.read();
+        let source = self.source;
+        let for_render = tick.clone();
+        let render = || async move {
+            // Megabytes at 1,000 pods: off the async workers, so that probes
+            // are answered meanwhile.
+            tokio::task::spawn_blocking(move || {
+                Arc::new(Bodies::render(&for_render.published, source, for_render.pods_synced))
+            })
+            .await
+            .expect("rendering the bodies panicked")
+        };
+        tick.bodies.get_or_init(render).await.clone()
     }
 
     pub fn pods(&self) -> PodsStatus {
@@ -103,19 +132,20 @@ mod tests {
         std::str::from_utf8(bytes).unwrap()
     }
 
-    #[test]
-    fn every_request_between_two_ticks_gets_the_same_rendered_bytes() {
+    #[tokio::test]
+    async fn every_request_of_a_tick_gets_the_same_rendered_bytes() {
         let shared = SidecarState::new(Duration::from_secs(1), SourceKind::Ebpf, None, status(false));
-        let (first, second) = (shared.bodies(), shared.bodies());
-        assert_eq!(first.prometheus.as_ptr(), second.prometheus.as_ptr(), "rendered again for a second request");
+        let (first, second) = tokio::join!(shared.bodies(), shared.bodies());
+        assert_eq!(first.prometheus.as_ptr(), second.prometheus.as_ptr(), "rendered twice in one tick");
         assert_eq!(first.all_metrics.as_ptr(), second.all_metrics.as_ptr());
+        assert_eq!(shared.bodies().await.prometheus.as_ptr(), first.prometheus.as_ptr());
         assert!(text(&first.prometheus).contains("iogate_sidecar_pods_synced 0\n"));
 
         shared.set_pods(status(true));
         // Until the tick publishes, the last tick's bodies stand.
-        assert!(text(&shared.bodies().prometheus).contains("iogate_sidecar_pods_synced 0\n"));
+        assert!(text(&shared.bodies().await.prometheus).contains("iogate_sidecar_pods_synced 0\n"));
         shared.publish(Published { window_seconds: 1.0, at: Some(Instant::now()), ..Published::default() });
-        let after = shared.bodies();
+        let after = shared.bodies().await;
         assert!(text(&after.prometheus).contains("iogate_sidecar_pods_synced 1\n"));
         let document: serde_json::Value = serde_json::from_slice(&after.all_metrics).unwrap();
         assert_eq!(document["window_seconds"], 1.0);

@@ -712,7 +712,7 @@ fn half_open(sidecar: &Sidecar) -> Result<String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     health.sort();
-    let (closed, last) = wait_closed(&silent, opened + HALF_OPEN_DEADLINE)?;
+    let (closed, last) = wait_closed(&silent, opened, HALF_OPEN_DEADLINE)?;
     Ok(format!(
         "half-open: {HALF_OPEN} connections that send nothing: GET /healthz meanwhile median {:?}, p95 {:?}, \
          max {:?} (target < 100 ms); the sidecar closed {closed} of them, the last {:.1} s after they opened \
@@ -726,13 +726,13 @@ fn half_open(sidecar: &Sidecar) -> Result<String> {
     ))
 }
 
-/// Polls `streams` until the peer has closed each (readable at EOF) or
-/// `deadline`: how many closed, and when the last of them did, from the
-/// first poll.
-fn wait_closed(streams: &[std::net::TcpStream], deadline: Instant) -> Result<(usize, Duration)> {
+/// Polls `streams`, opened at `opened`, until the peer has closed each
+/// (readable at EOF) or `within` has passed: how many closed, and when the
+/// last of them did, from `opened`.
+fn wait_closed(streams: &[std::net::TcpStream], opened: Instant, within: Duration) -> Result<(usize, Duration)> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
-    let started = Instant::now();
+    let deadline = opened + within;
     let mut open: Vec<&std::net::TcpStream> = streams.iter().collect();
     let mut last = Duration::ZERO;
     while !open.is_empty() && Instant::now() < deadline {
@@ -741,7 +741,7 @@ fn wait_closed(streams: &[std::net::TcpStream], deadline: Instant) -> Result<(us
         let done: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
         drop(fds);
         if done.iter().any(|d| *d) {
-            last = started.elapsed();
+            last = opened.elapsed();
         }
         open = open.into_iter().zip(done).filter(|(_, d)| !d).map(|(s, _)| s).collect();
     }
