@@ -18,21 +18,23 @@ use crate::report::{map_keys, rfc3339, Assessed};
 use crate::state::Published;
 use crate::window::GroupKey;
 
-/// One tick's rendered bodies.
-#[derive(Debug, Clone)]
-pub struct Bodies {
+/// A body rendered from one tick's results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
     /// `GET /metrics`: Prometheus text.
-    pub prometheus: Bytes,
+    Prometheus,
     /// `GET /api/v1/metrics`: IOEye's JSON document.
-    pub all_metrics: Bytes,
+    AllMetrics,
 }
 
-impl Bodies {
-    pub fn render(published: &Published, source: SourceKind, pods_synced: bool) -> Bodies {
-        let me = SelfState { ebpf_loaded: source.has_latency(), pods_synced };
-        Bodies {
-            prometheus: prometheus::render(published.frame.as_deref(), me).into(),
-            all_metrics: all_metrics(published, source).into(),
+impl Body {
+    pub fn render(self, published: &Published, source: SourceKind, pods_synced: bool) -> Bytes {
+        match self {
+            Body::Prometheus => {
+                let me = SelfState { ebpf_loaded: source.has_latency(), pods_synced };
+                prometheus::render(published.frame.as_deref(), me).into()
+            }
+            Body::AllMetrics => all_metrics(published, source).into(),
         }
     }
 }

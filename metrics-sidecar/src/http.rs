@@ -22,7 +22,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use iogate_api::{ErrorResponse, HealthResponse, PodResponse, ReadyResponse, TopSlowResponse};
 
-use crate::bodies::{pods, slowest};
+use crate::bodies::{pods, slowest, Body};
 use crate::prometheus;
 use crate::query::{self, QueryError};
 use crate::report::{rfc3339, Assessed};
@@ -68,7 +68,7 @@ async fn all_metrics(State(shared): State<Arc<SidecarState>>, uri: Uri) -> Respo
     if let Err(e) = query::all_metrics(&uri) {
         return bad_query(e);
     }
-    ([(header::CONTENT_TYPE, "application/json")], shared.bodies().await.all_metrics.clone()).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], shared.body(Body::AllMetrics).await).into_response()
 }
 
 async fn pod_metrics(State(shared): State<Arc<SidecarState>>, Path(pod): Path<String>, uri: Uri) -> Response {
@@ -130,7 +130,7 @@ async fn top_slow(State(shared): State<Arc<SidecarState>>, uri: Uri) -> Response
 }
 
 async fn prometheus_text(State(shared): State<Arc<SidecarState>>) -> Response {
-    ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], shared.bodies().await.prometheus.clone()).into_response()
+    ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], shared.body(Body::Prometheus).await).into_response()
 }
 
 async fn health(State(shared): State<Arc<SidecarState>>) -> Response {

@@ -8,7 +8,9 @@ use tokio::sync::OnceCell;
 
 pub use iogate_api::PodsStatus;
 
-use crate::bodies::Bodies;
+use axum::body::Bytes;
+
+use crate::bodies::Body;
 use crate::counters::SourceKind;
 use crate::frame::Frame;
 use crate::plugin_guarantee::GuaranteeBoard;
@@ -26,14 +28,28 @@ pub struct Published {
     pub at: Option<Instant>,
 }
 
-/// One tick's results and, once a request has asked for them, their
+/// One tick's results and, once a request has asked for each, their
 /// rendered bodies.
 #[derive(Debug)]
 pub struct Tick {
     pub published: Published,
     /// The pods status as it was when the tick was published.
     pods_synced: bool,
-    bodies: OnceCell<Arc<Bodies>>,
+    prometheus: OnceCell<Bytes>,
+    all_metrics: OnceCell<Bytes>,
+}
+
+impl Tick {
+    fn new(published: Published, pods_synced: bool) -> Tick {
+        Tick { published, pods_synced, prometheus: OnceCell::new(), all_metrics: OnceCell::new() }
+    }
+
+    fn cell(&self, body: Body) -> &OnceCell<Bytes> {
+        match body {
+            Body::Prometheus => &self.prometheus,
+            Body::AllMetrics => &self.all_metrics,
+        }
+    }
 }
 
 impl std::ops::Deref for Tick {
@@ -57,7 +73,7 @@ pub struct SidecarState {
 
 impl SidecarState {
     pub fn new(interval: Duration, source: SourceKind, ebpf_error: Option<String>, pods: PodsStatus) -> SidecarState {
-        let first = Tick { published: Published::default(), pods_synced: pods.synced, bodies: OnceCell::new() };
+        let first = Tick::new(Published::default(), pods.synced);
         SidecarState {
             interval,
             source,
@@ -78,27 +94,25 @@ impl SidecarState {
     /// set it first, it is rendered into `/metrics`).
     pub fn publish(&self, mut p: Published) {
         self.guarantee.annotate(&mut p.assessed);
-        self.current.store(Arc::new(Tick { published: p, pods_synced: self.pods().synced, bodies: OnceCell::new() }));
+        self.current.store(Arc::new(Tick::new(p, self.pods().synced)));
     }
 
-    /// The bodies of `/metrics` and `/api/v1/metrics` for the last tick,
-    /// rendered at most once per tick: by the first request that wants
-    /// them (requests meanwhile wait for that render; later ones get the
-    /// same bytes), and not at all in a tick nobody scrapes.
-    pub async fn bodies(&self) -> Arc<Bodies> {
+    /// `body` for the last tick, rendered at most once per tick: by the
+    /// first request that wants it (requests meanwhile wait for that
+    /// render; later ones get the same bytes), and not at all in a tick
+    /// nobody asks for it.
+    pub async fn body(&self, body: Body) -> Bytes {
         let tick = self.read();
         let source = self.source;
         let for_render = tick.clone();
         let render = || async move {
             // Megabytes at 1,000 pods: off the async workers, so that probes
             // are answered meanwhile.
-            tokio::task::spawn_blocking(move || {
-                Arc::new(Bodies::render(&for_render.published, source, for_render.pods_synced))
-            })
-            .await
-            .expect("rendering the bodies panicked")
+            tokio::task::spawn_blocking(move || body.render(&for_render.published, source, for_render.pods_synced))
+                .await
+                .expect("rendering a body panicked")
         };
-        tick.bodies.get_or_init(render).await.clone()
+        tick.cell(body).get_or_init(render).await.clone()
     }
 
     pub fn pods(&self) -> PodsStatus {
@@ -135,22 +149,23 @@ mod tests {
     #[tokio::test]
     async fn every_request_of_a_tick_gets_the_same_rendered_bytes() {
         let shared = SidecarState::new(Duration::from_secs(1), SourceKind::Ebpf, None, status(false));
-        let (first, second) = tokio::join!(shared.bodies(), shared.bodies());
-        assert_eq!(first.prometheus.as_ptr(), second.prometheus.as_ptr(), "rendered twice in one tick");
-        assert_eq!(first.all_metrics.as_ptr(), second.all_metrics.as_ptr());
-        assert_eq!(shared.bodies().await.prometheus.as_ptr(), first.prometheus.as_ptr());
-        assert!(text(&first.prometheus).contains("iogate_sidecar_pods_synced 0\n"));
+        for body in [Body::Prometheus, Body::AllMetrics] {
+            let (first, second) = tokio::join!(shared.body(body), shared.body(body));
+            assert_eq!(first.as_ptr(), second.as_ptr(), "{body:?} rendered twice in one tick");
+            assert_eq!(shared.body(body).await.as_ptr(), first.as_ptr());
+        }
+        let first = shared.body(Body::Prometheus).await;
+        assert!(text(&first).contains("iogate_sidecar_pods_synced 0\n"));
 
         shared.set_pods(status(true));
         // Until the tick publishes, the last tick's bodies stand.
-        assert!(text(&shared.bodies().await.prometheus).contains("iogate_sidecar_pods_synced 0\n"));
+        assert!(text(&shared.body(Body::Prometheus).await).contains("iogate_sidecar_pods_synced 0\n"));
         shared.publish(Published { window_seconds: 1.0, at: Some(Instant::now()), ..Published::default() });
-        let after = shared.bodies().await;
-        assert!(text(&after.prometheus).contains("iogate_sidecar_pods_synced 1\n"));
-        let document: serde_json::Value = serde_json::from_slice(&after.all_metrics).unwrap();
+        assert!(text(&shared.body(Body::Prometheus).await).contains("iogate_sidecar_pods_synced 1\n"));
+        let document: serde_json::Value = serde_json::from_slice(&shared.body(Body::AllMetrics).await).unwrap();
         assert_eq!(document["window_seconds"], 1.0);
         assert_eq!(document["source"], "ebpf");
-        // A request still holding the old bodies keeps them whole.
-        assert!(text(&first.prometheus).contains("iogate_sidecar_pods_synced 0\n"));
+        // A request still holding the old body keeps it whole.
+        assert!(text(&first).contains("iogate_sidecar_pods_synced 0\n"));
     }
 }
