@@ -13,9 +13,9 @@ use iogate_api::{MetricsResponse, PodMetrics};
 
 use crate::counters::SourceKind;
 use crate::prometheus::{self, SelfState};
+use crate::published::Published;
 use crate::query::DEFAULT_TOP;
 use crate::report::{map_keys, rfc3339, Assessed};
-use crate::state::Published;
 use crate::window::GroupKey;
 
 /// A body rendered from one tick's results.

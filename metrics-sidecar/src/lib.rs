@@ -20,8 +20,8 @@
 //!    API (its query parameters as [`query`] reads them), within the time and
 //!    connection bounds of [`serve`].
 //!
-//! [`sampler`] runs steps 1–3 once per interval and [`state`] holds what the
-//! handlers read.
+//! [`sampler`] runs steps 1–3 once per interval and publishes the results
+//! ([`published`]); [`state`] holds what the handlers read.
 //!
 //! The documents are `iogate-api`'s; `kubectl-iogate` reads them from every
 //! node's sidecar.
@@ -40,6 +40,7 @@ pub mod http;
 pub mod plugin_guarantee;
 pub mod pods;
 pub mod prometheus;
+pub mod published;
 pub mod query;
 pub mod report;
 pub mod sampler;

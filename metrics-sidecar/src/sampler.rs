@@ -11,9 +11,9 @@ use crate::counters::{CgroupId, CounterSource};
 use crate::diagnosis::NetworkMajors;
 use crate::frame::Frame;
 use crate::history::History;
+use crate::published::Published;
 use crate::report::assess;
 use crate::stacking::Stacking;
-use crate::state::Published;
 use crate::window::Window;
 
 pub struct Sampler {

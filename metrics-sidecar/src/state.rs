@@ -1,32 +1,17 @@
 //! What the sampler publishes and the HTTP handlers read.
 
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
-
-pub use iogate_api::PodsStatus;
-
 use axum::body::Bytes;
+pub use iogate_api::PodsStatus;
+use tokio::sync::OnceCell;
 
 use crate::bodies::Body;
 use crate::counters::SourceKind;
-use crate::frame::Frame;
 use crate::plugin_guarantee::GuaranteeBoard;
-use crate::report::Assessed;
-
-/// The latest results, replaced whole at every tick.
-#[derive(Debug, Default)]
-pub struct Published {
-    /// Cumulative counters (for `/metrics`).
-    pub frame: Option<Arc<Frame>>,
-    /// The last window's judged metrics (for the REST API); empty until two
-    /// frames exist.
-    pub assessed: Vec<Assessed>,
-    pub window_seconds: f64,
-    pub at: Option<Instant>,
-}
+pub use crate::published::Published;
 
 /// One tick's results and, once a request has asked for each, their
 /// rendered bodies.
