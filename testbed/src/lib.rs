@@ -10,6 +10,7 @@ pub mod host_io;
 pub mod host_lock;
 pub mod loop_disk;
 pub mod oci_image;
+pub mod proc_stat;
 pub mod process;
 pub mod runc_bundle;
 pub mod scenarios;

@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::proc_stat;
+
 /// qemu's CPU time at one moment.
 #[derive(Debug, Clone, Copy)]
 pub struct QemuSample {
@@ -15,12 +17,7 @@ pub struct QemuSample {
 
 impl QemuSample {
     pub fn take(pid: u32) -> Option<QemuSample> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let fields = stat_fields(&stat)?;
-        // utime and stime: fields 14 and 15 of proc(5), counted from the
-        // state (field 3) here.
-        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some(QemuSample { at: Instant::now(), cpu_seconds: ticks as f64 / clock_ticks_per_second() })
+        Some(QemuSample { at: Instant::now(), cpu_seconds: proc_stat::cpu_seconds(pid).ok()? })
     }
 }
 
@@ -61,7 +58,7 @@ fn thread_states(pid: u32) -> String {
         let dir: PathBuf = task.path();
         let Some(state) = std::fs::read_to_string(dir.join("stat"))
             .ok()
-            .and_then(|s| stat_fields(&s).and_then(|f| f.first().and_then(|s| s.chars().next())))
+            .and_then(|s| proc_stat::fields(&s).and_then(|f| f.first().and_then(|s| s.chars().next())))
         else {
             continue;
         };
@@ -75,34 +72,9 @@ fn thread_states(pid: u32) -> String {
     format!("qemu threads: {}{blocked}\n", states.join(", "))
 }
 
-/// The fields of a `/proc/…/stat` line after the command name, which may
-/// itself hold spaces and parentheses.
-fn stat_fields(stat: &str) -> Option<Vec<&str>> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    Some(rest.split_whitespace().collect())
-}
-
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf reads a constant; no memory is passed.
-    let ticks = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as f64
-    } else {
-        100.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_fields_survive_a_command_name_with_spaces_and_parentheses() {
-        let stat = "4242 (qemu (x) 1) S 1 4242 4242 0 -1 4194560 100 0 0 0 700 300 0 0";
-        let f = stat_fields(stat).unwrap();
-        assert_eq!(f[0], "S");
-        assert_eq!((f[11], f[12]), ("700", "300"));
-    }
 
     #[test]
     fn this_process_has_cpu_figures_and_thread_states() {

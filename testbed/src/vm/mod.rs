@@ -289,7 +289,7 @@ impl NodeVm {
     }
 
     fn console_len(&self) -> usize {
-        self.console_text().len()
+        std::fs::metadata(self.dir.path().join("console.log")).map_or(0, |m| m.len() as usize)
     }
 
     /// The agent's next message, waiting at most `timeout`; meanwhile the

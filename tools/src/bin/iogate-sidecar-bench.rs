@@ -40,6 +40,7 @@ use iogate_testbed::fio::{Job, Rw};
 use iogate_testbed::host_io::{run_fio_on, BlkioCgroup, FioTotals, BLKIO};
 use iogate_testbed::host_lock::HostLock;
 use iogate_testbed::loop_disk::RamLoop;
+use iogate_testbed::proc_stat::cpu_seconds;
 use iogate_testbed::process::Background;
 use iogate_testbed::sidecar::Sidecar;
 use nix::sys::signal::Signal;
@@ -524,23 +525,6 @@ fn worker_loop(cgroups: &[PathBuf], file: &File, blocks: u64, stop: &AtomicBool,
     Ok(())
 }
 
-/// CPU time (user + system) the process has used, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let path = format!("/proc/{pid}/stat");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    // The command name may hold spaces: fields are counted after its `)`.
-    let rest = text.rsplit_once(')').with_context(|| format!("expected `pid (comm) …` in {path}"))?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15; `state` (field 3) is fields[0].
-    let field = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .with_context(|| format!("expected a number as field {} in {path}", i + 3))
-    };
-    Ok(field(11)? + field(12)?)
-}
-
 /// `VmRSS` or `VmHWM` of the process, in KiB.
 fn status_kib(pid: u32, name: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
@@ -549,13 +533,6 @@ fn status_kib(pid: u32, name: &str) -> Result<u64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .with_context(|| format!("expected `{name}: N kB` in {path}"))
-}
-
-fn clock_ticks_per_second() -> Result<u64> {
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
-    ensure!(hz > 0, "sysconf(_SC_CLK_TCK) failed");
-    Ok(hz as u64)
 }
 
 /// How many of `uids` `/api/v1/metrics` lists as pods in the last window.
@@ -598,12 +575,11 @@ fn bench_pods() -> Result<()> {
     let want = PODS * 99 / 100;
     wait_for_pods(&sidecar, &tree.uids, want, &mut worker)?;
 
-    let hz = clock_ticks_per_second()?;
-    let (ticks0, ios0, t0) = (cpu_ticks(pid)?, worker.ios(), Instant::now());
+    let (cpu0, ios0, t0) = (cpu_seconds(pid)?, worker.ios(), Instant::now());
     std::thread::sleep(CPU_WINDOW);
-    let (ticks1, ios1, wall) = (cpu_ticks(pid)?, worker.ios(), t0.elapsed());
+    let (cpu1, ios1, wall) = (cpu_seconds(pid)?, worker.ios(), t0.elapsed());
     worker.check()?;
-    let cpu_pct = (ticks1 - ticks0) as f64 / hz as f64 / wall.as_secs_f64() * 100.0;
+    let cpu_pct = (cpu1 - cpu0) / wall.as_secs_f64() * 100.0;
     let (rss, hwm) = (status_kib(pid, "VmRSS")?, status_kib(pid, "VmHWM")?);
     // Heap versus pages of the (large, debuginfo-carrying) binary mapped in.
     let (anon, file) = (status_kib(pid, "RssAnon")?, status_kib(pid, "RssFile")?);
