@@ -27,6 +27,7 @@
 //! node's sidecar.
 
 pub mod attribution;
+pub mod auth;
 pub mod bodies;
 pub mod cgroup_stats;
 pub mod cgroup_tree;
@@ -47,4 +48,5 @@ pub mod sampler;
 pub mod serve;
 pub mod stacking;
 pub mod state;
+pub mod web_config;
 pub mod window;

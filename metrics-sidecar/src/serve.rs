@@ -11,6 +11,10 @@
 //!   process's file-descriptor limit, so a flood of connections cannot take
 //!   the descriptors the sampler needs. Past the cap, new connections wait
 //!   in the kernel's accept queue.
+//!
+//! With a web config ([`WebConfig`]), connections are TLS (the handshake
+//! bounded by the header timeout too) and every request passes
+//! [`auth::check`] first.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,9 +26,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tower_http::add_extension::AddExtension;
 use tower_http::timeout::TimeoutLayer;
+
+use crate::auth::{self, Gate, PeerCertificate};
+use crate::web_config::WebConfig;
 
 /// Descriptors kept for everything but connections: cgroup files, BPF
 /// maps, the Kubernetes client, the log.
@@ -75,16 +85,26 @@ pub fn raise_fd_limit() -> u64 {
     limit.rlim_cur
 }
 
-/// Serves `router` on `listener` within `bounds` until `shutdown`
-/// completes, then lets the connections in progress finish (for at most
-/// the request timeout).
-pub async fn serve(listener: TcpListener, router: Router, bounds: Bounds, shutdown: impl Future<Output = ()>) {
-    let app = router.layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, bounds.request_timeout));
+/// Serves `router` on `listener` within `bounds`, as `web` says, until
+/// `shutdown` completes, then lets the connections in progress finish (for
+/// at most the request timeout).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    bounds: Bounds,
+    web: &WebConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let gate = Arc::new(Gate::new(web));
+    let app = router
+        .layer(axum::middleware::from_fn_with_state(gate, auth::check))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, bounds.request_timeout));
+    let tls = web.tls.clone().map(TlsAcceptor::from);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(bounds.header_timeout);
-    let builder = builder.http1_only();
+    let builder = Arc::new(builder.http1_only());
     let permits = Arc::new(Semaphore::new(bounds.max_connections));
-    let graceful = GracefulShutdown::new();
+    let graceful = Arc::new(GracefulShutdown::new());
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -103,18 +123,46 @@ pub async fn serve(listener: TcpListener, router: Router, bounds: Bounds, shutdo
             },
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        let (app, builder, graceful, tls) = (app.clone(), builder.clone(), graceful.clone(), tls.clone());
         tokio::spawn(async move {
-            // Errors here are the client's (a reset, a timed-out head).
-            let _ = connection.await;
+            match tls {
+                None => one_connection(stream, PeerCertificate(false), app, &builder, &graceful).await,
+                Some(acceptor) => match tokio::time::timeout(bounds.header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let peer = PeerCertificate(tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()));
+                        one_connection(tls, peer, app, &builder, &graceful).await;
+                    }
+                    // A failed or slow handshake is the client's problem,
+                    // but worth a line: it is how a wrong CA shows.
+                    Ok(Err(e)) => tracing::debug!("TLS handshake: {e}"),
+                    Err(_) => tracing::debug!("TLS handshake: not done within {:?}", bounds.header_timeout),
+                },
+            }
             drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(bounds.request_timeout, graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open after the request timeout at shutdown; leaving them");
+    let graceful = Arc::into_inner(graceful);
+    if let Some(graceful) = graceful {
+        if tokio::time::timeout(bounds.request_timeout, graceful.shutdown()).await.is_err() {
+            tracing::warn!("connections still open after the request timeout at shutdown; leaving them");
+        }
     }
+}
+
+async fn one_connection<I>(
+    io: I,
+    peer: PeerCertificate,
+    app: Router,
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(AddExtension::new(app, peer));
+    let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), service).into_owned());
+    // Errors here are the client's (a reset, a timed-out head).
+    let _ = connection.await;
 }
 
 #[cfg(test)]
@@ -137,7 +185,7 @@ mod tests {
                 "late"
             }),
         );
-        tokio::spawn(serve(listener, router, bounds, std::future::pending()));
+        tokio::spawn(async move { serve(listener, router, bounds, &WebConfig::open(), std::future::pending()).await });
         addr
     }
 

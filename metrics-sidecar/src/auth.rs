@@ -1,0 +1,226 @@
+//! Who may read what the sidecar serves: the probes always (a kubelet has
+//! neither a client certificate nor a password, and a liveness probe that
+//! gets `401` restarts a healthy sidecar), everything else only with what
+//! the web config demands — a verified client certificate, basic-auth
+//! credentials that match a bcrypt hash, or both.
+//!
+//! bcrypt is slow on purpose (tens of milliseconds a check), so a check
+//! runs off the async workers, one at a time, and credentials that passed
+//! are remembered by their SHA-256 (never in clear) so that a scraper
+//! pays once, not every scrape.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::web_config::{ClientAuth, WebConfig};
+
+/// Paths answered to anyone.
+pub const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Remembered credentials past this many are forgotten all at once: a
+/// bound on memory, whatever a client sends.
+const REMEMBERED_MAX: usize = 64;
+
+/// Whether the connection a request came on presented a client certificate
+/// (the TLS layer only admits ones that chain to the client CA). Put on
+/// every request by `serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCertificate(pub bool);
+
+pub struct Gate {
+    client_auth: ClientAuth,
+    users: BTreeMap<String, String>,
+    /// Checked against for unknown users, so that a wrong name takes as
+    /// long as a wrong password and names cannot be probed by timing.
+    decoy_hash: String,
+    remembered: Mutex<HashSet<[u8; 32]>>,
+    checking: Semaphore,
+}
+
+impl Gate {
+    pub fn new(config: &WebConfig) -> Gate {
+        let decoy_hash = if config.users.is_empty() {
+            String::new()
+        } else {
+            bcrypt::hash("iogate decoy", bcrypt::DEFAULT_COST).expect("bcrypt hashes any password")
+        };
+        Gate {
+            client_auth: config.client_auth,
+            users: config.users.clone(),
+            decoy_hash,
+            remembered: Mutex::new(HashSet::new()),
+            checking: Semaphore::new(1),
+        }
+    }
+
+    /// Whether this gate lets every request through.
+    pub fn is_open(&self) -> bool {
+        self.users.is_empty() && self.client_auth != ClientAuth::RequireAndVerify
+    }
+
+    async fn password_matches(&self, user: &str, password: &str) -> bool {
+        let hash = self.users.get(user).cloned();
+        let key: [u8; 32] = Sha256::new()
+            .chain_update(user.as_bytes())
+            .chain_update([0])
+            .chain_update(password.as_bytes())
+            .chain_update([0])
+            .chain_update(hash.as_deref().unwrap_or("").as_bytes())
+            .finalize()
+            .into();
+        if hash.is_some() && self.remembered.lock().expect("not poisoned").contains(&key) {
+            return true;
+        }
+        let Ok(_slot) = self.checking.acquire().await else { return false };
+        let known = hash.is_some();
+        let against = hash.unwrap_or_else(|| self.decoy_hash.clone());
+        let password = password.to_string();
+        let matched = tokio::task::spawn_blocking(move || bcrypt::verify(password, &against).unwrap_or(false))
+            .await
+            .unwrap_or(false)
+            && known;
+        if matched {
+            let mut remembered = self.remembered.lock().expect("not poisoned");
+            if remembered.len() >= REMEMBERED_MAX {
+                remembered.clear();
+            }
+            remembered.insert(key);
+        }
+        matched
+    }
+}
+
+fn basic_credentials(request: &Request) -> Option<(String, String)> {
+    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+fn unauthorized(why: &'static str, basic: bool) -> Response {
+    let mut response = (StatusCode::UNAUTHORIZED, format!("{why}\n")).into_response();
+    if basic {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"iogate\""));
+    }
+    response
+}
+
+/// The middleware `serve` puts in front of every route.
+pub async fn check(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> Response {
+    if gate.is_open() || OPEN_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let has_certificate = request.extensions().get::<PeerCertificate>().is_some_and(|p| p.0);
+    if gate.client_auth == ClientAuth::RequireAndVerify && !has_certificate {
+        return unauthorized("a client certificate signed by the client CA is required", false);
+    }
+    if !gate.users.is_empty() {
+        let Some((user, password)) = basic_credentials(&request) else {
+            return unauthorized("basic-auth credentials are required", true);
+        };
+        if !gate.password_matches(&user, &password).await {
+            return unauthorized("wrong user name or password", true);
+        }
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::Router;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn app(users: &[(&str, &str)], client_auth: ClientAuth) -> Router {
+        let config = WebConfig {
+            tls: None,
+            client_auth,
+            users: users.iter().map(|(u, p)| (u.to_string(), bcrypt::hash(p, 4).unwrap())).collect(),
+        };
+        let gate = Arc::new(Gate::new(&config));
+        Router::new()
+            .route("/metrics", get(|| async { "data" }))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(|| async { "ready" }))
+            .layer(axum::middleware::from_fn_with_state(gate, check))
+    }
+
+    async fn status(app: &Router, path: &str, auth: Option<&str>, certificate: bool) -> StatusCode {
+        let mut request = Request::get(path);
+        if let Some(a) = auth {
+            request = request.header(header::AUTHORIZATION, a);
+        }
+        let mut request = request.body(Body::empty()).unwrap();
+        request.extensions_mut().insert(PeerCertificate(certificate));
+        app.clone().oneshot(request).await.unwrap().status()
+    }
+
+    fn basic(user: &str, password: &str) -> String {
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+    }
+
+    #[tokio::test]
+    async fn basic_auth_admits_the_right_password_only_and_leaves_the_probes_open() {
+        let app = app(&[("prometheus", "s3cret:with:colons")], ClientAuth::None);
+        let right = basic("prometheus", "s3cret:with:colons");
+        assert_eq!(status(&app, "/metrics", Some(&right), false).await, StatusCode::OK);
+        // Remembered: the second time skips bcrypt, and still matches.
+        assert_eq!(status(&app, "/metrics", Some(&right), false).await, StatusCode::OK);
+        for wrong in [
+            None,
+            Some(basic("prometheus", "s3cret")),
+            Some(basic("nobody", "s3cret:with:colons")),
+            Some("Bearer abc".to_string()),
+            Some("Basic !!notbase64".to_string()),
+        ] {
+            assert_eq!(status(&app, "/metrics", wrong.as_deref(), false).await, StatusCode::UNAUTHORIZED, "{wrong:?}");
+        }
+        assert_eq!(
+            status(&app, "/nowhere", None, false).await,
+            StatusCode::UNAUTHORIZED,
+            "404s are not shown to strangers"
+        );
+        for probe in OPEN_PATHS {
+            assert_eq!(status(&app, probe, None, false).await, StatusCode::OK, "{probe}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_required_certificate_is_enforced_per_request_except_for_the_probes() {
+        let app = app(&[], ClientAuth::RequireAndVerify);
+        assert_eq!(status(&app, "/metrics", None, false).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(&app, "/metrics", None, true).await, StatusCode::OK);
+        assert_eq!(status(&app, "/healthz", None, false).await, StatusCode::OK);
+        let both = app_with_both();
+        assert_eq!(status(&both, "/metrics", Some(&basic("a", "b")), false).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(&both, "/metrics", None, true).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(&both, "/metrics", Some(&basic("a", "b")), true).await, StatusCode::OK);
+    }
+
+    fn app_with_both() -> Router {
+        app(&[("a", "b")], ClientAuth::RequireAndVerify)
+    }
+
+    #[tokio::test]
+    async fn without_a_web_config_everything_is_open() {
+        let app = app(&[], ClientAuth::None);
+        assert_eq!(status(&app, "/metrics", None, false).await, StatusCode::OK);
+    }
+}
