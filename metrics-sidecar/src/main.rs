@@ -19,6 +19,7 @@ use iogate_metrics_sidecar::pods::{DirectoryStatus, PodDirectory};
 use iogate_metrics_sidecar::sampler::Sampler;
 use iogate_metrics_sidecar::serve::{self, Bounds};
 use iogate_metrics_sidecar::state::{PodsStatus, SidecarState};
+use iogate_metrics_sidecar::web_config::WebConfig;
 
 const USAGE: &str = "\
 usage: iogate-metrics-sidecar [options]
@@ -33,6 +34,8 @@ usage: iogate-metrics-sidecar [options]
   --plugin ADDR        the NRI plugin's pod-local endpoint, asked for each
                        container's guarantee (default 127.0.0.1:9465)
   --no-plugin          don't ask; the guarantee fields stay null
+  --web.config.file F  TLS and basic auth, in prometheus/exporter-toolkit's
+                       format (/healthz and /readyz stay open)
 
 Environment: IOGATE_LOG (log filter, default info).";
 
@@ -52,6 +55,7 @@ struct Args {
     kubernetes: bool,
     cgroup_mode: CgroupMode,
     plugin: Option<SocketAddr>,
+    web_config: Option<std::path::PathBuf>,
 }
 
 fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args> {
@@ -63,6 +67,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args> {
         kubernetes: true,
         cgroup_mode: CgroupMode::Auto,
         plugin: Some("127.0.0.1:9465".parse().expect("valid default address")),
+        web_config: None,
     };
     while let Some(flag) = argv.next() {
         let mut value = || argv.next().with_context(|| format!("{flag} expects a value"));
@@ -96,6 +101,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args> {
                 args.plugin = Some(v.parse().with_context(|| format!("--plugin: expected HOST:PORT, found {v:?}"))?);
             }
             "--no-plugin" => args.plugin = None,
+            "--web.config.file" => args.web_config = Some(value()?.into()),
             "--cgroup-version" => {
                 let v = value()?;
                 args.cgroup_mode = v.parse().map_err(|e| anyhow::anyhow!("--cgroup-version: {e}"))?;
@@ -195,6 +201,12 @@ fn run_sampler(shared: Arc<SidecarState>, mut sampler: Sampler, mut cgroups: Hos
 }
 
 async fn run(args: Args) -> Result<()> {
+    // First: a config that does not load must stop the sidecar before it
+    // serves anything in the open.
+    let web = match &args.web_config {
+        Some(path) => WebConfig::load(path).context("--web.config.file")?,
+        None => WebConfig::open(),
+    };
     let fs = CgroupFs::detect(args.cgroup_mode).context("finding the cgroup hierarchy with the io controller")?;
     let (source, ebpf_error) = choose_source(args.source, &fs)?;
     let kind = source.kind();
@@ -232,7 +244,7 @@ async fn run(args: Args) -> Result<()> {
         max_connections = bounds.max_connections,
         "HTTP bounds"
     );
-    serve::serve(listener, iogate_metrics_sidecar::http::router(shared), bounds, shutdown()).await;
+    serve::serve(listener, iogate_metrics_sidecar::http::router(shared), bounds, &web, shutdown()).await;
     Ok(())
 }
 

@@ -214,7 +214,7 @@ impl File {
             tls.cert_file.ok_or_else(|| WebConfigError::invalid(path, "tls_server_config needs cert_file"))?;
         let key_file = tls.key_file.ok_or_else(|| WebConfigError::invalid(path, "tls_server_config needs key_file"))?;
         let chain = certificates(path, &cert_file)?;
-        let key = PrivateKeyDer::from_pem_file(&cert_path(path, &key_file)).map_err(|e| {
+        let key = PrivateKeyDer::from_pem_file(cert_path(path, &key_file)).map_err(|e| {
             WebConfigError::invalid(path, format!("key_file {}: expected a PEM private key: {e}", key_file.display()))
         })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -294,7 +294,6 @@ pub(crate) mod tests {
     /// certificate, each as PEM files in `dir`.
     pub(crate) struct Pki {
         pub ca: rcgen::Issuer<'static, rcgen::KeyPair>,
-        pub ca_pem: String,
     }
 
     impl Pki {
@@ -304,10 +303,9 @@ pub(crate) mod tests {
             params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
             params.distinguished_name.push(rcgen::DnType::CommonName, "iogate test CA");
             let ca_cert = params.self_signed(&key).unwrap();
-            let ca_pem = ca_cert.pem();
-            std::fs::write(dir.join("ca.crt"), &ca_pem).unwrap();
+            std::fs::write(dir.join("ca.crt"), ca_cert.pem()).unwrap();
             let ca = rcgen::Issuer::new(params, key);
-            let pki = Pki { ca, ca_pem };
+            let pki = Pki { ca };
             pki.issue(dir, "server", &["127.0.0.1", "localhost"]);
             pki
         }
