@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -29,11 +29,16 @@ pub const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 /// bound on memory, whatever a client sends.
 const REMEMBERED_MAX: usize = 64;
 
-/// Whether the connection a request came on presented a client certificate
-/// (the TLS layer only admits ones that chain to the client CA). Put on
-/// every request by `serve`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerCertificate(pub bool);
+/// What a request's connection brings to the check, put on every request
+/// by `serve`: the gate in force when the connection was accepted (a
+/// reloaded web config applies from the next connection on), and whether
+/// the client presented a certificate (the TLS layer only admits ones that
+/// chain to the client CA).
+#[derive(Clone)]
+pub struct ConnectionAuth {
+    pub gate: Arc<Gate>,
+    pub peer_certificate: bool,
+}
 
 pub struct Gate {
     client_auth: ClientAuth,
@@ -47,10 +52,10 @@ pub struct Gate {
 
 impl Gate {
     pub fn new(config: &WebConfig) -> Gate {
-        let decoy_hash = if config.users.is_empty() {
-            String::new()
-        } else {
-            bcrypt::hash("iogate decoy", bcrypt::DEFAULT_COST).expect("bcrypt hashes any password")
+        // At the users' cost, so that the decoy takes as long as they do.
+        let decoy_hash = match config.users.values().filter_map(|h| bcrypt_cost(h)).max() {
+            None => String::new(),
+            Some(cost) => bcrypt::hash("iogate decoy", cost).expect("bcrypt hashes any password at a valid cost"),
         };
         Gate {
             client_auth: config.client_auth,
@@ -98,6 +103,11 @@ impl Gate {
     }
 }
 
+/// The cost in a bcrypt hash (`$2y$10$…` → 10).
+fn bcrypt_cost(hash: &str) -> Option<u32> {
+    hash.split('$').nth(2)?.parse().ok()
+}
+
 fn basic_credentials(request: &Request) -> Option<(String, String)> {
     let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, encoded) = value.split_once(' ')?;
@@ -120,12 +130,15 @@ fn unauthorized(why: &'static str, basic: bool) -> Response {
 }
 
 /// The middleware `serve` puts in front of every route.
-pub async fn check(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> Response {
+pub async fn check(request: Request, next: Next) -> Response {
+    let Some(ConnectionAuth { gate, peer_certificate }) = request.extensions().get::<ConnectionAuth>().cloned() else {
+        // Fail closed: a route served without `serve` has nobody checking.
+        return (StatusCode::INTERNAL_SERVER_ERROR, "no access check on this connection\n").into_response();
+    };
     if gate.is_open() || OPEN_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
-    let has_certificate = request.extensions().get::<PeerCertificate>().is_some_and(|p| p.0);
-    if gate.client_auth == ClientAuth::RequireAndVerify && !has_certificate {
+    if gate.client_auth == ClientAuth::RequireAndVerify && !peer_certificate {
         return unauthorized("a client certificate signed by the client CA is required", false);
     }
     if !gate.users.is_empty() {
@@ -148,28 +161,33 @@ mod tests {
 
     use super::*;
 
-    fn app(users: &[(&str, &str)], client_auth: ClientAuth) -> Router {
+    struct App {
+        router: Router,
+        gate: Arc<Gate>,
+    }
+
+    fn app(users: &[(&str, &str)], client_auth: ClientAuth) -> App {
         let config = WebConfig {
-            tls: None,
             client_auth,
             users: users.iter().map(|(u, p)| (u.to_string(), bcrypt::hash(p, 4).unwrap())).collect(),
+            ..WebConfig::open()
         };
-        let gate = Arc::new(Gate::new(&config));
-        Router::new()
+        let router = Router::new()
             .route("/metrics", get(|| async { "data" }))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(|| async { "ready" }))
-            .layer(axum::middleware::from_fn_with_state(gate, check))
+            .layer(axum::middleware::from_fn(check));
+        App { router, gate: Arc::new(Gate::new(&config)) }
     }
 
-    async fn status(app: &Router, path: &str, auth: Option<&str>, certificate: bool) -> StatusCode {
+    async fn status(app: &App, path: &str, auth: Option<&str>, certificate: bool) -> StatusCode {
         let mut request = Request::get(path);
         if let Some(a) = auth {
             request = request.header(header::AUTHORIZATION, a);
         }
         let mut request = request.body(Body::empty()).unwrap();
-        request.extensions_mut().insert(PeerCertificate(certificate));
-        app.clone().oneshot(request).await.unwrap().status()
+        request.extensions_mut().insert(ConnectionAuth { gate: app.gate.clone(), peer_certificate: certificate });
+        app.router.clone().oneshot(request).await.unwrap().status()
     }
 
     fn basic(user: &str, password: &str) -> String {
@@ -214,7 +232,7 @@ mod tests {
         assert_eq!(status(&both, "/metrics", Some(&basic("a", "b")), true).await, StatusCode::OK);
     }
 
-    fn app_with_both() -> Router {
+    fn app_with_both() -> App {
         app(&[("a", "b")], ClientAuth::RequireAndVerify)
     }
 
@@ -222,5 +240,19 @@ mod tests {
     async fn without_a_web_config_everything_is_open() {
         let app = app(&[], ClientAuth::None);
         assert_eq!(status(&app, "/metrics", None, false).await, StatusCode::OK);
+    }
+
+    #[test]
+    fn the_decoy_costs_what_the_users_hashes_cost() {
+        assert_eq!(bcrypt_cost(&bcrypt::hash("x", 5).unwrap()), Some(5));
+        let config = WebConfig { users: [("a".into(), bcrypt::hash("x", 5).unwrap())].into(), ..WebConfig::open() };
+        assert_eq!(bcrypt_cost(&Gate::new(&config).decoy_hash), Some(5));
+    }
+
+    #[tokio::test]
+    async fn a_request_without_the_connections_check_is_refused() {
+        let app = app(&[], ClientAuth::None);
+        let request = Request::get("/metrics").body(Body::empty()).unwrap();
+        assert_eq!(app.router.oneshot(request).await.unwrap().status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -48,5 +48,6 @@ pub mod sampler;
 pub mod serve;
 pub mod stacking;
 pub mod state;
+pub mod web_access;
 pub mod web_config;
 pub mod window;

@@ -19,7 +19,12 @@ use iogate_metrics_sidecar::pods::{DirectoryStatus, PodDirectory};
 use iogate_metrics_sidecar::sampler::Sampler;
 use iogate_metrics_sidecar::serve::{self, Bounds};
 use iogate_metrics_sidecar::state::{PodsStatus, SidecarState};
+use iogate_metrics_sidecar::web_access::WebAccess;
 use iogate_metrics_sidecar::web_config::WebConfig;
+
+/// How often the web config's files are looked at for a change: well
+/// within the minute or so a secret update takes to reach the pod.
+const WEB_CONFIG_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 
 const USAGE: &str = "\
 usage: iogate-metrics-sidecar [options]
@@ -35,7 +40,8 @@ usage: iogate-metrics-sidecar [options]
                        container's guarantee (default 127.0.0.1:9465)
   --no-plugin          don't ask; the guarantee fields stay null
   --web.config.file F  TLS and basic auth, in prometheus/exporter-toolkit's
-                       format (/healthz and /readyz stay open)
+                       format (/healthz and /readyz stay open); reloaded
+                       when it or the files it names change
 
 Environment: IOGATE_LOG (log filter, default info).";
 
@@ -203,9 +209,12 @@ fn run_sampler(shared: Arc<SidecarState>, mut sampler: Sampler, mut cgroups: Hos
 async fn run(args: Args) -> Result<()> {
     // First: a config that does not load must stop the sidecar before it
     // serves anything in the open.
-    let web = match &args.web_config {
-        Some(path) => WebConfig::load(path).context("--web.config.file")?,
-        None => WebConfig::open(),
+    let access = match &args.web_config {
+        Some(path) => {
+            let config = WebConfig::load(path).context("--web.config.file")?;
+            WebAccess::watch(path.clone(), config, WEB_CONFIG_POLL).await
+        }
+        None => WebAccess::fixed(&WebConfig::open()),
     };
     let fs = CgroupFs::detect(args.cgroup_mode).context("finding the cgroup hierarchy with the io controller")?;
     let (source, ebpf_error) = choose_source(args.source, &fs)?;
@@ -244,7 +253,7 @@ async fn run(args: Args) -> Result<()> {
         max_connections = bounds.max_connections,
         "HTTP bounds"
     );
-    serve::serve(listener, iogate_metrics_sidecar::http::router(shared), bounds, &web, shutdown()).await;
+    serve::serve(listener, iogate_metrics_sidecar::http::router(shared), bounds, access, shutdown()).await;
     Ok(())
 }
 

@@ -12,9 +12,9 @@
 //!   the descriptors the sampler needs. Past the cap, new connections wait
 //!   in the kernel's accept queue.
 //!
-//! With a web config ([`WebConfig`]), connections are TLS (the handshake
-//! bounded by the header timeout too) and every request passes
-//! [`auth::check`] first.
+//! Every request passes [`auth::check`] first, by the web config in force
+//! when its connection was accepted ([`WebAccess`]); with TLS configured,
+//! the handshake is bounded by the header timeout too.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,12 +29,11 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tower_http::add_extension::AddExtension;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::auth::{self, Gate, PeerCertificate};
-use crate::web_config::WebConfig;
+use crate::auth::{self, ConnectionAuth};
+use crate::web_access::WebAccess;
 
 /// Descriptors kept for everything but connections: cgroup files, BPF
 /// maps, the Kubernetes client, the log.
@@ -85,21 +84,19 @@ pub fn raise_fd_limit() -> u64 {
     limit.rlim_cur
 }
 
-/// Serves `router` on `listener` within `bounds`, as `web` says, until
+/// Serves `router` on `listener` within `bounds`, as `access` says, until
 /// `shutdown` completes, then lets the connections in progress finish (for
 /// at most the request timeout).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     bounds: Bounds,
-    web: &WebConfig,
+    access: Arc<WebAccess>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let gate = Arc::new(Gate::new(web));
     let app = router
-        .layer(axum::middleware::from_fn_with_state(gate, auth::check))
+        .layer(axum::middleware::from_fn(auth::check))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, bounds.request_timeout));
-    let tls = web.tls.clone().map(TlsAcceptor::from);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(bounds.header_timeout);
     let builder = Arc::new(builder.http1_only());
@@ -123,14 +120,18 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let (app, builder, graceful, tls) = (app.clone(), builder.clone(), graceful.clone(), tls.clone());
+        let (app, builder, graceful, access) = (app.clone(), builder.clone(), graceful.clone(), access.current());
         tokio::spawn(async move {
-            match tls {
-                None => one_connection(stream, PeerCertificate(false), app, &builder, &graceful).await,
+            let gate = access.gate.clone();
+            match &access.tls {
+                None => {
+                    let auth = ConnectionAuth { gate, peer_certificate: false };
+                    one_connection(stream, auth, app, &builder, &graceful).await;
+                }
                 Some(acceptor) => match tokio::time::timeout(bounds.header_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
-                        let peer = PeerCertificate(tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()));
-                        one_connection(tls, peer, app, &builder, &graceful).await;
+                        let peer_certificate = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                        one_connection(tls, ConnectionAuth { gate, peer_certificate }, app, &builder, &graceful).await;
                     }
                     // A failed or slow handshake is the client's problem,
                     // but worth a line: it is how a wrong CA shows.
@@ -152,18 +153,22 @@ pub async fn serve(
 
 async fn one_connection<I>(
     io: I,
-    peer: PeerCertificate,
+    auth: ConnectionAuth,
     app: Router,
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = TowerToHyperService::new(AddExtension::new(app, peer));
+    let service = TowerToHyperService::new(AddExtension::new(app, auth));
     let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), service).into_owned());
     // Errors here are the client's (a reset, a timed-out head).
     let _ = connection.await;
 }
+
+/// TLS, client certificates, basic auth and reloads over a real socket.
+#[cfg(test)]
+mod access_tests;
 
 #[cfg(test)]
 mod tests {
@@ -174,6 +179,7 @@ mod tests {
     use tokio::net::TcpStream;
 
     use super::*;
+    use crate::web_config::WebConfig;
 
     async fn start(bounds: Bounds) -> std::net::SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -185,7 +191,7 @@ mod tests {
                 "late"
             }),
         );
-        tokio::spawn(async move { serve(listener, router, bounds, &WebConfig::open(), std::future::pending()).await });
+        tokio::spawn(serve(listener, router, bounds, WebAccess::fixed(&WebConfig::open()), std::future::pending()));
         addr
     }
 

@@ -66,6 +66,9 @@ pub struct WebConfig {
     pub client_auth: ClientAuth,
     /// User name → bcrypt hash; empty means no basic auth.
     pub users: BTreeMap<String, String>,
+    /// The files it was read from: the config itself, then the
+    /// certificates and key it names (what `web_access` watches).
+    pub files: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for WebConfig {
@@ -74,6 +77,7 @@ impl std::fmt::Debug for WebConfig {
             .field("tls", &self.tls.is_some())
             .field("client_auth", &self.client_auth)
             .field("users", &self.users.keys().collect::<Vec<_>>())
+            .field("files", &self.files)
             .finish()
     }
 }
@@ -81,7 +85,7 @@ impl std::fmt::Debug for WebConfig {
 impl WebConfig {
     /// No TLS, no authentication: the sidecar without `--web.config.file`.
     pub fn open() -> WebConfig {
-        WebConfig { tls: None, client_auth: ClientAuth::None, users: BTreeMap::new() }
+        WebConfig { tls: None, client_auth: ClientAuth::None, users: BTreeMap::new(), files: Vec::new() }
     }
 
     pub fn load(path: &Path) -> Result<WebConfig, WebConfigError> {
@@ -153,7 +157,12 @@ impl File {
             }
         }
         let Some(tls) = self.tls_server_config else {
-            return Ok(WebConfig { tls: None, client_auth: ClientAuth::None, users: self.basic_auth_users });
+            return Ok(WebConfig {
+                tls: None,
+                client_auth: ClientAuth::None,
+                users: self.basic_auth_users,
+                files: vec![path.to_path_buf()],
+            });
         };
         let inline = "give the PEM in a file: cert_file, key_file, client_ca_file";
         if tls.cert.is_some() {
@@ -213,6 +222,7 @@ impl File {
         let cert_file =
             tls.cert_file.ok_or_else(|| WebConfigError::invalid(path, "tls_server_config needs cert_file"))?;
         let key_file = tls.key_file.ok_or_else(|| WebConfigError::invalid(path, "tls_server_config needs key_file"))?;
+        let mut files = vec![path.to_path_buf(), cert_path(path, &cert_file), cert_path(path, &key_file)];
         let chain = certificates(path, &cert_file)?;
         let key = PrivateKeyDer::from_pem_file(cert_path(path, &key_file)).map_err(|e| {
             WebConfigError::invalid(path, format!("key_file {}: expected a PEM private key: {e}", key_file.display()))
@@ -236,6 +246,7 @@ impl File {
                 ))
             }
             (_, Some(ca_file)) => {
+                files.push(cert_path(path, &ca_file));
                 let mut roots = RootCertStore::empty();
                 for ca in certificates(path, &ca_file)? {
                     roots.add(ca).map_err(|e| {
@@ -253,7 +264,7 @@ impl File {
             WebConfigError::invalid(path, format!("cert_file and key_file do not make a usable pair: {e}"))
         })?;
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(WebConfig { tls: Some(Arc::new(server)), client_auth, users: self.basic_auth_users })
+        Ok(WebConfig { tls: Some(Arc::new(server)), client_auth, users: self.basic_auth_users, files })
     }
 }
 
@@ -290,8 +301,8 @@ fn abbreviate(s: &str) -> String {
 pub(crate) mod tests {
     use super::*;
 
-    /// A CA, a server certificate for 127.0.0.1/localhost and a client
-    /// certificate, each as PEM files in `dir`.
+    /// A CA (`ca.crt`) and a server certificate for 127.0.0.1 and
+    /// localhost (`server.crt`, `server.key`) in `dir`; `issue` makes more.
     pub(crate) struct Pki {
         pub ca: rcgen::Issuer<'static, rcgen::KeyPair>,
     }
@@ -346,6 +357,8 @@ pub(crate) mod tests {
         assert!(c.tls.is_some());
         assert_eq!(c.client_auth, ClientAuth::RequireAndVerify);
         assert_eq!(c.users.keys().collect::<Vec<_>>(), ["prometheus"]);
+        let d = dir.path();
+        assert_eq!(c.files, [d.join("web.yml"), d.join("server.crt"), d.join("server.key"), d.join("ca.crt")]);
     }
 
     #[test]
