@@ -192,6 +192,52 @@ fn deploy_service_monitor_keeps_the_sidecars_labels() -> Result<()> {
     Ok(())
 }
 
+/// A NetworkPolicy whose selector or port misses the sidecars locks
+/// nothing (or the wrong pods): it must select the DaemonSet's pods and
+/// name a port their sidecar container has.
+#[test]
+fn deploy_network_policy_selects_the_sidecars_and_their_metrics_port() -> Result<()> {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let docs = deploy_documents()?;
+    let daemonset: DaemonSet = serde_json::from_value(
+        docs.iter().find(|d| d.kind() == "DaemonSet").context("expected the DaemonSet under deploy/")?.json.clone(),
+    )?;
+    let template = daemonset.spec.context("DaemonSet spec")?.template;
+    let pod_labels = template.metadata.and_then(|m| m.labels).unwrap_or_default();
+    let pod = template.spec.context("pod spec")?;
+    let ports: Vec<(String, i32)> = pod
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .map(|p| (p.name.clone().unwrap_or_default(), p.container_port))
+        .collect();
+    let policies: Vec<&Document> = docs.iter().filter(|d| d.kind() == "NetworkPolicy").collect();
+    ensure!(!policies.is_empty(), "expected a NetworkPolicy under deploy/, found none");
+    for doc in policies {
+        let policy: NetworkPolicy = serde_json::from_value(doc.json.clone())?;
+        let spec = policy.spec.context("NetworkPolicy spec")?;
+        let wanted = spec.pod_selector.and_then(|s| s.match_labels).unwrap_or_default();
+        ensure!(
+            !wanted.is_empty() && wanted.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+            "{}: podSelector {wanted:?} expected to select the DaemonSet's pods, labelled {pod_labels:?}",
+            doc.name()
+        );
+        for rule in spec.ingress.iter().flatten() {
+            for port in rule.ports.iter().flatten() {
+                let found = match &port.port {
+                    Some(IntOrString::String(name)) => ports.iter().any(|(n, _)| n == name),
+                    Some(IntOrString::Int(number)) => ports.iter().any(|(_, p)| p == number),
+                    None => true,
+                };
+                ensure!(found, "{}: port {:?} is none of the pod's ports {ports:?}", doc.name(), port.port);
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn deploy_kustomization_is_typed_and_names_existing_files() -> Result<()> {
     let files: Vec<PathBuf> =

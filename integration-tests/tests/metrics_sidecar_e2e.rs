@@ -297,3 +297,25 @@ fn a_pod_on_containerd_is_attributed_and_shown_at_its_limit_with_the_plugins_gua
     stack.cri().remove_all_pods()?;
     stack.finish()
 }
+
+/// A web config the sidecar cannot honour stops it before it serves
+/// anything in the open: status 1, and the field by name.
+#[test]
+fn a_web_config_that_does_not_load_stops_the_sidecar_with_its_reason() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("web.yml");
+    std::fs::write(
+        &config,
+        "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n  cipher_suites: [TLS_AES_128_GCM_SHA256]\n",
+    )?;
+    let out = Command::new(iogate_testbed::workspace_binary("iogate-metrics-sidecar")?)
+        .args(["--listen", "127.0.0.1:0", "--no-kubernetes", "--no-plugin", "--web.config.file"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--web.config.file"), "{stderr}");
+    assert!(stderr.contains("tls_server_config.cipher_suites is not supported by iogate"), "{stderr}");
+    Ok(())
+}

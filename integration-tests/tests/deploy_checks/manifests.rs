@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
@@ -156,6 +157,7 @@ fn checker(api_version: &str, kind: &str) -> Option<Checker> {
         entry::<RoleBinding>(),
         entry::<PriorityClass>(),
         entry::<PodDisruptionBudget>(),
+        entry::<NetworkPolicy>(),
         (SERVICE_MONITOR_API_VERSION, "ServiceMonitor", |json| {
             round_trip::<ServiceMonitor>(json).map(|(_, lost)| lost).context("expected a valid ServiceMonitor")
         }),
