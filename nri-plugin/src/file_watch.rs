@@ -7,48 +7,102 @@
 //! target only sees it deleted. So the watch is on the file's directory
 //! (whatever happens in it), and every event re-reads the file by its path;
 //! the callback runs only when the text differs from the last one seen.
+//! A re-read every [`BACKSTOP`] catches what no event announced.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use notify::{RecursiveMode, Watcher};
 
-/// Keeps the watch alive; dropping it ends the watch.
+/// How often the file is re-read whatever inotify says. Inotify is what
+/// makes a change quick; this is what makes it certain: a change whose
+/// events never arrive (a subPath mount, which the kubelet never updates
+/// in place; an event the watcher dropped) still arrives, this late.
+pub const BACKSTOP: Duration = Duration::from_secs(2);
+
+/// Keeps the watch alive; dropping it ends the watch and its re-reads.
 pub struct WatchedFile {
     _watcher: notify::RecommendedWatcher,
+    stop: Option<mpsc::Sender<()>>,
+    rereads: Option<JoinHandle<()>>,
+}
+
+impl Drop for WatchedFile {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(rereads) = self.rereads.take() {
+            let _ = rereads.join();
+        }
+    }
 }
 
 /// What the file held when it changed.
 pub type Read = Result<String, String>;
 
+/// The last text delivered and whom to deliver to, under one lock: reading
+/// and delivering under it keeps the inotify thread and the re-read thread
+/// from handing over an older text after a newer one.
+struct Delivery<F> {
+    file: PathBuf,
+    state: Mutex<(Option<Read>, F)>,
+}
+
+impl<F: Fn(Read)> Delivery<F> {
+    fn look(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now: Read =
+            std::fs::read_to_string(&self.file).map_err(|e| format!("cannot read {}: {e}", self.file.display()));
+        if state.0.as_ref() == Some(&now) {
+            return;
+        }
+        state.0 = Some(now.clone());
+        (state.1)(now);
+    }
+}
+
 /// Calls `on_change` with the file's new text (or why it cannot be read)
 /// whenever that differs from the last call's; `initial` is what the
-/// caller already loaded, so an unchanged file does not call back.
+/// caller already loaded, so an unchanged file does not call back. Calls
+/// come one at a time, in the order the texts were read.
 pub fn watch(path: &Path, initial: Option<String>, on_change: impl Fn(Read) + Send + 'static) -> Result<WatchedFile> {
+    watch_every(path, initial, BACKSTOP, on_change)
+}
+
+fn watch_every(
+    path: &Path,
+    initial: Option<String>,
+    every: Duration,
+    on_change: impl Fn(Read) + Send + 'static,
+) -> Result<WatchedFile> {
     let path = absolute(path)?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
-    let last: Mutex<Option<Read>> = Mutex::new(initial.map(Ok));
-    let file = path.clone();
+    let delivery = Arc::new(Delivery { file: path.clone(), state: Mutex::new((initial.map(Ok), on_change)) });
+    let on_event = delivery.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Err(e) = event {
-            tracing::warn!(path = %file.display(), "watching for changes: {e}");
-            return;
+            tracing::warn!(path = %on_event.file.display(), "watching for changes: {e}");
         }
-        let now: Read = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()));
-        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
-        if last.as_ref() == Some(&now) {
-            return;
-        }
-        *last = Some(now.clone());
-        drop(last);
-        on_change(now);
+        // Even after an error (an overflowed queue among them): whatever
+        // was missed, the file's text now is what counts.
+        on_event.look();
     })
     .context("starting a file watch (inotify)")?;
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
         .with_context(|| format!("watching {} for changes to {}", dir.display(), path.display()))?;
-    Ok(WatchedFile { _watcher: watcher })
+    let (stop, stopped) = mpsc::channel::<()>();
+    let rereads = std::thread::Builder::new()
+        .name("iogate-file-watch".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                delivery.look();
+            }
+        })
+        .context("starting the file watch's re-reads")?;
+    Ok(WatchedFile { _watcher: watcher, stop: Some(stop), rereads: Some(rereads) })
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {
@@ -61,8 +115,6 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc;
-    use std::time::Duration;
 
     fn next(rx: &mpsc::Receiver<Read>) -> Read {
         rx.recv_timeout(Duration::from_secs(10)).expect("expected a change within 10 s")
@@ -103,5 +155,55 @@ mod tests {
         std::fs::remove_dir_all(d.join("..v3")).unwrap();
         let gone = next(&rx).unwrap_err();
         assert!(gone.contains("cannot read") && gone.contains("config.toml"), "{gone}");
+    }
+
+    /// Kubernetes swaps the `..data` symlink; a file mounted by subPath, or
+    /// edited where it lies, raises no event in the watched directory. The
+    /// re-reads still bring the change.
+    #[test]
+    fn a_change_that_raises_no_event_here_still_arrives() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        std::fs::create_dir(d.join("..v1")).unwrap();
+        std::fs::write(d.join("..v1/config.toml"), "one").unwrap();
+        std::os::unix::fs::symlink("..v1/config.toml", d.join("config.toml")).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let _w = watch(&d.join("config.toml"), Some("one".into()), move |r| tx.send(r).unwrap()).unwrap();
+
+        std::fs::write(d.join("..v1/config.toml"), "edited in place").unwrap();
+        assert_eq!(next(&rx), Ok("edited in place".into()));
+    }
+
+    /// Swaps faster than anyone reads them: the texts delivered only ever
+    /// move forward, and the last one always arrives.
+    #[test]
+    fn quick_successive_swaps_end_at_the_last_text_never_an_older_one() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        std::fs::create_dir(d.join("..v0")).unwrap();
+        std::fs::write(d.join("..v0/config.toml"), "0").unwrap();
+        std::os::unix::fs::symlink("..v0", d.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/config.toml", d.join("config.toml")).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let _w = watch(&d.join("config.toml"), Some("0".into()), move |r| tx.send(r).unwrap()).unwrap();
+
+        let last = 200;
+        for n in 1..=last {
+            std::fs::create_dir(d.join(format!("..v{n}"))).unwrap();
+            std::fs::write(d.join(format!("..v{n}/config.toml")), n.to_string()).unwrap();
+            std::os::unix::fs::symlink(format!("..v{n}"), d.join("..data_tmp")).unwrap();
+            std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+            std::fs::remove_dir_all(d.join(format!("..v{}", n - 1))).unwrap();
+        }
+        let mut seen = 0;
+        while seen != last {
+            // A read that resolved `..data` just before a swap can find the
+            // old directory gone: a passing "cannot read", which the next
+            // event's read corrects.
+            let Ok(text) = next(&rx) else { continue };
+            let n: u32 = text.parse().unwrap();
+            assert!(n > seen, "{n} delivered after {seen}");
+            seen = n;
+        }
     }
 }
