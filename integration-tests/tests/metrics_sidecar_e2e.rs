@@ -319,3 +319,101 @@ fn a_web_config_that_does_not_load_stops_the_sidecar_with_its_reason() -> Result
     assert!(stderr.contains("tls_server_config.cipher_suites is not supported by iogate"), "{stderr}");
     Ok(())
 }
+
+/// A CA and certificates it signed, as PEM files in `dir`: `ca.crt`, and
+/// `NAME.crt` with `NAME.key` for each of `names` (valid for 127.0.0.1).
+fn issue_certificates(dir: &std::path::Path, ca_name: &str, names: &[&str]) -> Result<()> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, ca_name);
+    std::fs::write(dir.join("ca.crt"), params.self_signed(&ca_key)?.pem())?;
+    let ca = rcgen::Issuer::new(params, ca_key);
+    for name in names {
+        let key = rcgen::KeyPair::generate()?;
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])?.signed_by(&key, &ca)?;
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem())?;
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
+    }
+    Ok(())
+}
+
+/// `kubectl iogate top` against a sidecar locked the exporter way (TLS,
+/// client certificates from the cluster's CA, a bcrypt password): with
+/// the CA, its certificate and the password it reads the sidecar; without
+/// any one of them it gets nothing, and says which.
+#[test]
+fn kubectl_iogate_reads_a_sidecar_locked_with_tls_a_client_certificate_and_a_password() -> Result<()> {
+    require_root();
+    let _lock = HostLock::acquire()?;
+    let pki = tempfile::tempdir()?;
+    issue_certificates(pki.path(), "iogate test CA", &["server", "client"])?;
+    let stranger = tempfile::tempdir()?;
+    issue_certificates(stranger.path(), "someone else's CA", &["client"])?;
+    let config = pki.path().join("web.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\nbasic_auth_users:\n  prometheus: {}\n",
+            bcrypt::hash("right", 4)?
+        ),
+    )?;
+    let web_config = config.to_string_lossy().into_owned();
+    let sidecar = Sidecar::spawn(INTERVAL, &["--source", "ebpf", "--web.config.file", &web_config])?;
+    let endpoint = format!("https://{}", sidecar.addr());
+    let file = |dir: &tempfile::TempDir, name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let kubectl = |password: &str, ca: &str, cert: Option<(&str, &str)>| -> Result<(Option<i32>, String, String)> {
+        let mut cmd = Command::new(iogate_testbed::workspace_binary("kubectl-iogate")?);
+        cmd.args(["top", "--endpoint", &endpoint, "--ca-file", ca, "--user", "prometheus"]);
+        if let Some((cert, key)) = cert {
+            cmd.args(["--cert", cert, "--key", key]);
+        }
+        let out = cmd.env("IOGATE_PASSWORD", password).stdin(Stdio::null()).output()?;
+        Ok((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let (ca, cert, key) = (file(&pki, "ca.crt"), file(&pki, "client.crt"), file(&pki, "client.key"));
+    let client = Some((cert.as_str(), key.as_str()));
+
+    // The sidecar loads its eBPF program before it serves: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (code, stdout, stderr) = loop {
+        let seen = kubectl("right", &ca, client)?;
+        if seen.0 == Some(0) || std::time::Instant::now() > deadline {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}\nsidecar:\n{}", sidecar.log());
+    assert!(stderr.contains("note: no block I/O in the last window (all namespaces)"), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+
+    let (code, _, stderr) = kubectl("wrong", &ca, client)?;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{endpoint}: HTTP 401")), "{stderr}");
+
+    // The handshake admits a client without a certificate (the probes stay
+    // open); the API does not.
+    let (code, _, stderr) = kubectl("right", &ca, None)?;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{endpoint}: HTTP 401")), "no client certificate: {stderr}");
+
+    let (stranger_cert, stranger_key) = (file(&stranger, "client.crt"), file(&stranger, "client.key"));
+    let (code, _, stderr) = kubectl("right", &ca, Some((&stranger_cert, &stranger_key)))?;
+    assert_eq!(code, Some(1), "a certificate from another CA: {stderr}");
+    assert!(
+        stderr.contains("the sidecar does not accept this client certificate: is it signed by its client_ca_file?"),
+        "a certificate from another CA: {stderr}"
+    );
+
+    let (code, _, stderr) = kubectl("right", &file(&stranger, "ca.crt"), client)?;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("TLS: ") && stderr.contains("--ca-file names the CA that signed the sidecar's certificate"),
+        "trusting another CA: {stderr}"
+    );
+    Ok(())
+}

@@ -3,9 +3,11 @@
 //! work, as they do for kubectl.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::fetch::{Endpoint, SIDECAR_PORT};
+use crate::access::AccessOptions;
+use crate::fetch::{Endpoint, Scheme, SIDECAR_PORT};
 use crate::rows::SortKey;
 
 pub const USAGE: &str = "\
@@ -19,8 +21,12 @@ Per-container block I/O from the iogate metrics sidecars, busiest first.
   -A, --all-namespaces    pods in every namespace
   --limit N               show the first N rows (default 20)
   --tree                  group as namespace > workload > pod > container
-  --endpoint URL          query this sidecar directly, http://HOST[:PORT][/PREFIX]
+  --endpoint URL          query this sidecar directly, http[s]://HOST[:PORT][/PREFIX]
                           (port 9464 by default); repeatable; no cluster needed
+  --ca-file FILE          for https:// endpoints: trust these CAs (PEM), not the system's
+  --cert FILE --key FILE  for https:// endpoints: the client certificate to show (PEM)
+  --user NAME             for https:// endpoints: basic auth as NAME, with the password
+                          from the environment variable IOGATE_PASSWORD
   -l, --selector SEL      sidecar pods' labels (default app.kubernetes.io/name=iogate)
   --sidecar-namespace NS  sidecar pods' namespace (default iogate-system)
   --port PORT             sidecar pods' HTTP port (default 9464)
@@ -52,7 +58,7 @@ impl std::error::Error for UsageError {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Top(TopArgs),
+    Top(Box<TopArgs>),
     Help,
 }
 
@@ -72,6 +78,8 @@ pub struct TopArgs {
     pub limit: usize,
     pub tree: bool,
     pub endpoints: Vec<Endpoint>,
+    /// How the `https://` endpoints are reached.
+    pub access: AccessOptions,
     pub selector: String,
     pub sidecar_namespace: String,
     pub port: u16,
@@ -86,6 +94,7 @@ impl Default for TopArgs {
             limit: DEFAULT_LIMIT,
             tree: false,
             endpoints: Vec::new(),
+            access: AccessOptions::default(),
             selector: DEFAULT_SELECTOR.to_string(),
             sidecar_namespace: DEFAULT_SIDECAR_NAMESPACE.to_string(),
             port: SIDECAR_PORT,
@@ -108,6 +117,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
 fn parse_top(mut argv: impl Iterator<Item = String>) -> Result<Command, UsageError> {
     let mut args = TopArgs::default();
     let mut namespace_flag: Option<&'static str> = None;
+    let (mut cert, mut key) = (None, None);
     while let Some(arg) = argv.next() {
         // `--flag=value` is split here so each flag is handled once below.
         let (flag, mut inline) = match arg.split_once('=') {
@@ -144,6 +154,16 @@ fn parse_top(mut argv: impl Iterator<Item = String>) -> Result<Command, UsageErr
                     args.endpoints.push(endpoint);
                 }
             }
+            "--ca-file" => args.access.ca_file = Some(file(&flag, value()?)?),
+            "--cert" => cert = Some(file(&flag, value()?)?),
+            "--key" => key = Some(file(&flag, value()?)?),
+            "--user" => {
+                let user = value()?;
+                if user.is_empty() {
+                    return Err(UsageError("--user: expected a user name, found \"\"".into()));
+                }
+                args.access.user = Some(user);
+            }
             "-l" | "--selector" => args.selector = value()?,
             "--sidecar-namespace" => args.sidecar_namespace = value()?,
             "--port" => {
@@ -170,7 +190,24 @@ fn parse_top(mut argv: impl Iterator<Item = String>) -> Result<Command, UsageErr
             return Err(UsageError(format!("{flag} takes no value, found {v:?}")));
         }
     }
-    Ok(Command::Top(args))
+    args.access.client_cert = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err(UsageError("--cert and --key go together: the client certificate and its private key".into())),
+    };
+    if args.access.any() && !args.endpoints.iter().any(|e| e.scheme == Scheme::Https) {
+        return Err(UsageError(
+            "--ca-file, --cert, --key and --user are for https:// endpoints, and no --endpoint is https://".into(),
+        ));
+    }
+    Ok(Command::Top(Box::new(args)))
+}
+
+fn file(flag: &str, value: String) -> Result<PathBuf, UsageError> {
+    if value.is_empty() {
+        return Err(UsageError(format!("{flag}: expected a file, found \"\"")));
+    }
+    Ok(PathBuf::from(value))
 }
 
 /// `-n` and `-A` say different things; kubectl rejects both together too.
@@ -194,7 +231,7 @@ mod tests {
 
     fn top(args: &[&str]) -> Result<TopArgs, UsageError> {
         match parse(std::iter::once("top").chain(args.iter().copied()).map(String::from))? {
-            Command::Top(t) => Ok(t),
+            Command::Top(t) => Ok(*t),
             Command::Help => panic!("help"),
         }
     }
@@ -235,6 +272,14 @@ mod tests {
         assert_eq!((t.selector.as_str(), t.sidecar_namespace.as_str()), ("app=x", "kube-system"));
         assert_eq!(t.timeout, Duration::from_millis(500));
         assert_eq!(top(&["-A"]).unwrap().namespaces, NamespaceChoice::All);
+        let t = top(&["--endpoint=https://n", "--ca-file", "ca.pem", "--key=k.pem", "--cert", "c.pem", "--user", "p"])
+            .unwrap();
+        let expected = AccessOptions {
+            ca_file: Some("ca.pem".into()),
+            client_cert: Some(("c.pem".into(), "k.pem".into())),
+            user: Some("p".into()),
+        };
+        assert_eq!(t.access, expected);
     }
 
     #[test]
@@ -246,7 +291,16 @@ mod tests {
         assert_eq!(error(&["-n", "a", "-A"]), "--namespace and --all-namespaces exclude each other");
         assert_eq!(error(&["--tree=yes"]), r#"--tree takes no value, found "yes""#);
         assert_eq!(error(&["--colour"]), r#"unknown option "--colour"; see --help"#);
-        assert!(error(&["--endpoint", "https://x"]).starts_with("--endpoint: expected http://HOST[:PORT][/PREFIX]"));
+        assert!(error(&["--endpoint", "ftp://x"]).starts_with("--endpoint: expected http[s]://HOST[:PORT][/PREFIX]"));
+        assert_eq!(
+            error(&["--endpoint", "https://x", "--cert", "c.pem"]),
+            "--cert and --key go together: the client certificate and its private key"
+        );
+        assert_eq!(
+            error(&["--endpoint", "http://x", "--user", "prometheus"]),
+            "--ca-file, --cert, --key and --user are for https:// endpoints, and no --endpoint is https://"
+        );
+        assert_eq!(error(&["--endpoint", "https://x", "--user="]), r#"--user: expected a user name, found """#);
         assert_eq!(parse(["list".to_string()]).unwrap_err().0, r#"unknown command "list"; expected top"#);
         assert_eq!(parse(Vec::<String>::new()).unwrap_err().0, "expected a command: top");
         assert_eq!(parse(["top".to_string(), "-h".to_string()]), Ok(Command::Help));

@@ -19,9 +19,11 @@ use iogate_api::{ErrorResponse, MetricsResponse};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client};
+use rustls::pki_types::ServerName;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
+use crate::access::DirectAccess;
 use crate::rows::{NodeReport, Scope};
 use crate::workload::Owner;
 
@@ -29,11 +31,15 @@ use crate::workload::Owner;
 pub const SIDECAR_PORT: u16 = 9464;
 const METRICS_PATH: &str = "/api/v1/metrics";
 
-/// A sidecar to query directly: `http://HOST[:PORT][/PREFIX]`, the scheme
-/// and port optional (`http`, 9464) since a node IP is what one usually has
-/// at hand. Only plain HTTP: the sidecar serves nothing else.
+/// A sidecar to query directly: `http[s]://HOST[:PORT][/PREFIX]`, the
+/// scheme and port optional (`http`, 9464) since a node IP is what one
+/// usually has at hand. `https://` is for a sidecar locked with
+/// `--web.config.file`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
+    pub scheme: Scheme,
+    /// The host alone, the name its certificate must carry.
+    host: String,
     /// `host:port`, to connect to and to send as `Host`.
     authority: String,
     /// Any path before `/api/v1/metrics` (a reverse proxy's prefix), without
@@ -41,9 +47,24 @@ pub struct Endpoint {
     prefix: String,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.prefix)
+        write!(f, "{}://{}{}", self.scheme.as_str(), self.authority, self.prefix)
     }
 }
 
@@ -52,11 +73,13 @@ impl FromStr for Endpoint {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let with_scheme = if s.contains("://") { s.to_string() } else { format!("http://{s}") };
-        let bad = |why: &str| format!("expected http://HOST[:PORT][/PREFIX], found {s:?}: {why}");
+        let bad = |why: &str| format!("expected http[s]://HOST[:PORT][/PREFIX], found {s:?}: {why}");
         let uri: http::Uri = with_scheme.parse().map_err(|e| bad(&format!("{e}")))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(bad("only http:// is supported (the sidecar serves plain HTTP)"));
-        }
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::Http,
+            Some("https") => Scheme::Https,
+            _ => return Err(bad("only http:// and https:// are supported")),
+        };
         if uri.query().is_some() {
             return Err(bad("a query string is not expected"));
         }
@@ -64,7 +87,10 @@ impl FromStr for Endpoint {
         // Read the port from the text: `http::Uri` accepts `:99999` and then
         // reports no port at all, which would silently become 9464.
         let authority = uri.authority().map_or("", |a| a.as_str());
-        let after_host = authority.rsplit_once('@').map_or(authority, |(_, h)| h).strip_prefix(host).unwrap_or("");
+        if authority.contains('@') {
+            return Err(bad("credentials in the URL are not taken; --user and IOGATE_PASSWORD are"));
+        }
+        let after_host = authority.strip_prefix(host).unwrap_or("");
         let port = match after_host.strip_prefix(':') {
             None => SIDECAR_PORT,
             Some(digits) => digits
@@ -73,7 +99,12 @@ impl FromStr for Endpoint {
                 .filter(|p| *p != 0)
                 .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?,
         };
-        Ok(Endpoint { authority: format!("{host}:{port}"), prefix: uri.path().trim_end_matches('/').to_string() })
+        Ok(Endpoint {
+            scheme,
+            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            authority: format!("{host}:{port}"),
+            prefix: uri.path().trim_end_matches('/').to_string(),
+        })
     }
 }
 
@@ -84,29 +115,82 @@ pub struct Failure {
     pub reason: String,
 }
 
-/// One GET of the metrics document over a fresh HTTP/1.1 connection.
-pub async fn get_direct(endpoint: &Endpoint, timeout: Duration) -> Result<MetricsResponse, String> {
+/// One GET of the metrics document over a fresh HTTP/1.1 connection, in
+/// TLS for `https://`.
+pub async fn get_direct(
+    endpoint: &Endpoint,
+    access: &DirectAccess,
+    timeout: Duration,
+) -> Result<MetricsResponse, String> {
     let attempt = async {
-        let stream = TcpStream::connect(&endpoint.authority).await.map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("HTTP: {e}"))?;
-        // The connection task drives the socket; it ends with the request.
-        tokio::spawn(connection);
-        let request = http::Request::get(format!("{}{METRICS_PATH}", endpoint.prefix))
-            .header(http::header::HOST, &endpoint.authority)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
-        let response = sender.send_request(request).await.map_err(|e| format!("HTTP: {e}"))?;
-        let status = response.status();
-        let body = response.into_body().collect().await.map_err(|e| format!("reading the answer: {e}"))?.to_bytes();
-        if !status.is_success() {
-            return Err(http_error(status, &body));
+        let tcp = TcpStream::connect(&endpoint.authority).await.map_err(|e| format!("connect: {e}"))?;
+        match endpoint.scheme {
+            Scheme::Http => get_over(TokioIo::new(tcp), endpoint, None).await,
+            Scheme::Https => {
+                let tls = access.tls.as_ref().ok_or("https:// without a TLS setup (a bug in kubectl-iogate)")?;
+                let name = ServerName::try_from(endpoint.host.clone())
+                    .map_err(|e| format!("{:?} cannot be checked against a certificate: {e}", endpoint.host))?;
+                let stream = tls.connect(name, tcp).await.map_err(|e| with_causes("TLS", &e))?;
+                get_over(TokioIo::new(stream), endpoint, access.authorization.as_ref()).await
+            }
         }
-        parse(&body)
     };
     tokio::time::timeout(timeout, attempt)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {}", humantime::format_duration(timeout))))
+}
+
+async fn get_over<I>(
+    io: I,
+    endpoint: &Endpoint,
+    authorization: Option<&http::HeaderValue>,
+) -> Result<MetricsResponse, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("HTTP: {e}"))?;
+    // The connection task drives the socket; it ends with the request.
+    tokio::spawn(connection);
+    let mut request = http::Request::get(format!("{}{METRICS_PATH}", endpoint.prefix))
+        .header(http::header::HOST, &endpoint.authority)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("request: {e}"))?;
+    if let Some(value) = authorization {
+        request.headers_mut().insert(http::header::AUTHORIZATION, value.clone());
+    }
+    let response = sender.send_request(request).await.map_err(|e| with_causes("HTTP", &e))?;
+    let status = response.status();
+    let body = response.into_body().collect().await.map_err(|e| format!("reading the answer: {e}"))?.to_bytes();
+    if !status.is_success() {
+        return Err(http_error(status, &body));
+    }
+    parse(&body)
+}
+
+/// The error with its causes: hyper's own text ("connection error") hides
+/// what rustls said.
+fn with_causes(what: &str, e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = format!("{what}: {e}");
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    with_hint(text)
+}
+
+/// rustls says what failed; the usual cause of each is worth a hint.
+fn with_hint(text: String) -> String {
+    let hint = if text.contains("UnknownIssuer") {
+        " (--ca-file names the CA that signed the sidecar's certificate)"
+    } else if text.contains("NotValidForName") {
+        " (the certificate does not name this host; connect by a name it carries)"
+    } else if text.contains("UnknownCA") || text.contains("BadCertificate") {
+        " (the sidecar does not accept this client certificate: is it signed by its client_ca_file?)"
+    } else {
+        ""
+    };
+    format!("{text}{hint}")
 }
 
 /// The sidecar's errors are `{"error": "...", "status": N}`: show the
@@ -242,12 +326,20 @@ mod tests {
         assert_eq!(e.to_string(), "http://10.0.0.5:9464");
         let e: Endpoint = "http://node-a:8080/iogate/".parse().unwrap();
         assert_eq!((e.authority.as_str(), e.prefix.as_str()), ("node-a:8080", "/iogate"));
-        let err = "https://node-a".parse::<Endpoint>().unwrap_err();
-        assert!(err.contains("only http:// is supported"), "{err}");
+        let e: Endpoint = "https://node-a".parse().unwrap();
+        assert_eq!(
+            (e.scheme, e.host.as_str(), e.to_string().as_str()),
+            (Scheme::Https, "node-a", "https://node-a:9464")
+        );
+        let err = "ftp://node-a".parse::<Endpoint>().unwrap_err();
+        assert!(err.ends_with("only http:// and https:// are supported"), "{err}");
+        let err = "https://me:pw@node-a".parse::<Endpoint>().unwrap_err();
+        assert!(err.ends_with("credentials in the URL are not taken; --user and IOGATE_PASSWORD are"), "{err}");
         assert!("http://".parse::<Endpoint>().is_err());
         let err = "http://a:99999".parse::<Endpoint>().unwrap_err();
         assert!(err.ends_with("the port is not a number from 1 to 65535"), "{err}");
-        assert_eq!("[::1]:9000".parse::<Endpoint>().unwrap().to_string(), "http://[::1]:9000");
+        let e: Endpoint = "[::1]:9000".parse().unwrap();
+        assert_eq!((e.to_string().as_str(), e.host.as_str()), ("http://[::1]:9000", "::1"));
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! The pieces, each testable without a cluster:
 //!
 //! - [`cli`]: the command line;
+//! - [`access`]: TLS trust, client certificate and password for a sidecar
+//!   locked with `--web.config.file`;
 //! - [`fetch`]: the sidecars' answers, directly (`--endpoint`) or through
 //!   the API server's pod proxy, and the pods' owners;
 //! - [`workload`]: a pod's workload, from its owner or its name;
@@ -19,6 +21,7 @@
 //! [`top`] strings them together; the binary only prints and picks the exit
 //! status.
 
+pub mod access;
 pub mod cli;
 pub mod fetch;
 pub mod rows;
@@ -27,11 +30,12 @@ pub mod workload;
 
 use std::collections::HashMap;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use futures::future::join_all;
 
+use crate::access::{DirectAccess, PASSWORD_ENV};
 use crate::cli::{NamespaceChoice, TopArgs};
-use crate::fetch::{Failure, Ownership};
+use crate::fetch::{Failure, Ownership, Scheme};
 use crate::rows::{NodeReport, Scope};
 use crate::workload::Workload;
 
@@ -95,8 +99,12 @@ async fn from_endpoints(args: &TopArgs) -> Result<Gathered> {
         NamespaceChoice::Named(ns) => Scope::Namespace(ns.clone()),
         NamespaceChoice::All | NamespaceChoice::Current => Scope::AllNamespaces,
     };
+    let tls = args.endpoints.iter().any(|e| e.scheme == Scheme::Https);
+    let access = DirectAccess::new(&args.access, tls, std::env::var(PASSWORD_ENV).ok())
+        .context("setting up access to the https:// sidecars")?;
+    let access = &access;
     let answers = join_all(args.endpoints.iter().map(|e| async move {
-        let result = fetch::get_direct(e, args.timeout).await;
+        let result = fetch::get_direct(e, access, args.timeout).await;
         (e.to_string(), result)
     }))
     .await;

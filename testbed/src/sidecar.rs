@@ -26,6 +26,15 @@ impl Sidecar {
     /// `--plugin`: a test's plugin listens on a port of its own), and waits
     /// until `/readyz` answers 200.
     pub fn start(interval: Duration, extra: &[&str]) -> Result<Sidecar> {
+        let sidecar = Sidecar::spawn(interval, extra)?;
+        sidecar.wait_ready(Duration::from_secs(30))?;
+        Ok(sidecar)
+    }
+
+    /// As [`Sidecar::start`], without waiting: a sidecar serving TLS
+    /// (`--web.config.file`) does not answer the plain-HTTP readiness
+    /// check, so its caller waits its own way.
+    pub fn spawn(interval: Duration, extra: &[&str]) -> Result<Sidecar> {
         let dir = tempfile::tempdir()?;
         // Port 0 picks a free port; the sidecar binds it right after.
         let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
@@ -37,12 +46,10 @@ impl Sidecar {
             cmd.arg("--no-plugin");
         }
         let process = Background::spawn("iogate-metrics-sidecar", cmd, &dir.path().join("sidecar.log"))?;
-        let sidecar = Sidecar { process, addr, interval, _dir: dir };
-        sidecar.wait_ready(Duration::from_secs(30))?;
-        Ok(sidecar)
+        Ok(Sidecar { process, addr, interval, _dir: dir })
     }
 
-    /// Where it serves HTTP (a Prometheus server scrapes it there).
+    /// Where it serves HTTP (a Prometheus server scrapes it there), or HTTPS.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
