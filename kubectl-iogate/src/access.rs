@@ -39,7 +39,7 @@ impl AccessOptions {
 
 /// What a direct GET needs beyond the endpoint: a TLS connector for
 /// `https://` endpoints and the `Authorization` header, if any.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct DirectAccess {
     pub(crate) tls: Option<TlsConnector>,
     pub(crate) authorization: Option<http::HeaderValue>,
@@ -61,11 +61,6 @@ pub enum AccessError {
 }
 
 impl DirectAccess {
-    /// Plain HTTP only: no TLS, no password.
-    pub fn plain() -> Self {
-        DirectAccess::default()
-    }
-
     /// Reads the files the options name (and the system's CAs when no
     /// `--ca-file` is given) if `tls` is wanted, and the password if a user
     /// is; `password` is [`PASSWORD_ENV`]'s value.

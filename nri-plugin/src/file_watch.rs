@@ -68,15 +68,6 @@ impl<F: Fn(Read)> Delivery<F> {
 /// caller already loaded, so an unchanged file does not call back. Calls
 /// come one at a time, in the order the texts were read.
 pub fn watch(path: &Path, initial: Option<String>, on_change: impl Fn(Read) + Send + 'static) -> Result<WatchedFile> {
-    watch_every(path, initial, BACKSTOP, on_change)
-}
-
-fn watch_every(
-    path: &Path,
-    initial: Option<String>,
-    every: Duration,
-    on_change: impl Fn(Read) + Send + 'static,
-) -> Result<WatchedFile> {
     let path = absolute(path)?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
     let delivery = Arc::new(Delivery { file: path.clone(), state: Mutex::new((initial.map(Ok), on_change)) });
@@ -97,7 +88,7 @@ fn watch_every(
     let rereads = std::thread::Builder::new()
         .name("iogate-file-watch".into())
         .spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(BACKSTOP) {
                 delivery.look();
             }
         })
@@ -120,25 +111,37 @@ mod tests {
         rx.recv_timeout(Duration::from_secs(10)).expect("expected a change within 10 s")
     }
 
+    /// The ConfigMap's layout in `d`: config.toml -> ..data/config.toml,
+    /// ..data -> ..v{version}, holding `text`.
+    fn configmap(d: &Path, version: u32, text: &str) {
+        std::fs::create_dir(d.join(format!("..v{version}"))).unwrap();
+        std::fs::write(d.join(format!("..v{version}/config.toml")), text).unwrap();
+        std::os::unix::fs::symlink(format!("..v{version}"), d.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/config.toml", d.join("config.toml")).unwrap();
+    }
+
+    /// What the kubelet does on a change: a new directory, a new symlink
+    /// renamed over `..data`, the old directory removed.
+    fn swap(d: &Path, from: u32, to: u32, text: &str) {
+        std::fs::create_dir(d.join(format!("..v{to}"))).unwrap();
+        std::fs::write(d.join(format!("..v{to}/config.toml")), text).unwrap();
+        std::os::unix::fs::symlink(format!("..v{to}"), d.join("..data_tmp")).unwrap();
+        std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+        std::fs::remove_dir_all(d.join(format!("..v{from}"))).unwrap();
+    }
+
     /// The ConfigMap's layout: config.toml -> ..data/config.toml, ..data ->
     /// a timestamped directory, swapped by renaming a new symlink over it.
     #[test]
     fn follows_a_configmap_style_symlink_swap() {
         let t = tempfile::tempdir().unwrap();
         let d = t.path();
-        std::fs::create_dir(d.join("..v1")).unwrap();
-        std::fs::write(d.join("..v1/config.toml"), "one").unwrap();
-        std::os::unix::fs::symlink("..v1", d.join("..data")).unwrap();
-        std::os::unix::fs::symlink("..data/config.toml", d.join("config.toml")).unwrap();
+        configmap(d, 1, "one");
 
         let (tx, rx) = mpsc::channel();
         let _w = watch(&d.join("config.toml"), Some("one".into()), move |r| tx.send(r).unwrap()).unwrap();
 
-        std::fs::create_dir(d.join("..v2")).unwrap();
-        std::fs::write(d.join("..v2/config.toml"), "two").unwrap();
-        std::os::unix::fs::symlink("..v2", d.join("..data_tmp")).unwrap();
-        std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
-        std::fs::remove_dir_all(d.join("..v1")).unwrap();
+        swap(d, 1, 2, "two");
         assert_eq!(next(&rx), Ok("two".into()));
 
         // Events that leave the text as it was do not call back: the next
@@ -146,11 +149,7 @@ mod tests {
         // `..v2` raises no event in the watched directory; Kubernetes never
         // writes there, it swaps.)
         std::fs::write(d.join("unrelated"), "x").unwrap();
-        std::fs::create_dir(d.join("..v3")).unwrap();
-        std::fs::write(d.join("..v3/config.toml"), "three").unwrap();
-        std::os::unix::fs::symlink("..v3", d.join("..data_tmp")).unwrap();
-        std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
-        std::fs::remove_dir_all(d.join("..v2")).unwrap();
+        swap(d, 2, 3, "three");
         assert_eq!(next(&rx), Ok("three".into()));
         std::fs::remove_dir_all(d.join("..v3")).unwrap();
         let gone = next(&rx).unwrap_err();
@@ -180,20 +179,13 @@ mod tests {
     fn quick_successive_swaps_end_at_the_last_text_never_an_older_one() {
         let t = tempfile::tempdir().unwrap();
         let d = t.path();
-        std::fs::create_dir(d.join("..v0")).unwrap();
-        std::fs::write(d.join("..v0/config.toml"), "0").unwrap();
-        std::os::unix::fs::symlink("..v0", d.join("..data")).unwrap();
-        std::os::unix::fs::symlink("..data/config.toml", d.join("config.toml")).unwrap();
+        configmap(d, 0, "0");
         let (tx, rx) = mpsc::channel();
         let _w = watch(&d.join("config.toml"), Some("0".into()), move |r| tx.send(r).unwrap()).unwrap();
 
         let last = 200;
         for n in 1..=last {
-            std::fs::create_dir(d.join(format!("..v{n}"))).unwrap();
-            std::fs::write(d.join(format!("..v{n}/config.toml")), n.to_string()).unwrap();
-            std::os::unix::fs::symlink(format!("..v{n}"), d.join("..data_tmp")).unwrap();
-            std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
-            std::fs::remove_dir_all(d.join(format!("..v{}", n - 1))).unwrap();
+            swap(d, n - 1, n, &n.to_string());
         }
         let mut seen = 0;
         while seen != last {
