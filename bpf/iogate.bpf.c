@@ -27,12 +27,40 @@ struct inflight {
 };
 
 /*
- * A plain preallocated hash, not an LRU one: LRU maintenance costs every
- * update a list operation under a lock, on the hot path of every request.
- * It stays bounded without eviction because its keys are request
- * addresses, and blk-mq preallocates a fixed set of requests per queue
- * (tags); an entry left behind (a request merged away after insert) is
- * overwritten when its address is reused.
+ * Where a request's times wait between its tracepoints: first a slot of a
+ * plain array, chosen by the request's tag and claimed with a
+ * compare-and-swap; a request whose slot another live request holds goes
+ * to the hash map below. An array slot is a bounds check and one atomic
+ * where a hash entry is a hash, a bucket lock and a free-list operation on
+ * insert and again on delete: on a fast device that was most of the
+ * program's cost (docs/benchmarks.md).
+ *
+ * A slot left claimed by a request that never completes (merged away after
+ * insert) is taken back when blk-mq hands out that tag again: a tag always
+ * comes with the same preallocated request, whose address is the claim,
+ * and an entry older than the request's allocation is started afresh.
+ */
+#define SLOT_BITS 14
+
+struct slot {
+	__u64 rq; /* the claiming request's address; 0: free */
+	struct inflight f;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << SLOT_BITS);
+	__type(key, __u32);
+	__type(value, struct slot);
+} slots SEC(".maps");
+
+/*
+ * The overflow, a plain preallocated hash rather than an LRU one: LRU
+ * maintenance costs every update a list operation under a lock. It stays
+ * bounded without eviction because its keys are request addresses, and
+ * blk-mq preallocates a fixed set of requests per queue (tags); an entry
+ * left behind (a request merged away after insert) is overwritten when its
+ * address is reused.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -60,6 +88,43 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } untracked SEC(".maps");
+
+/*
+ * A request's slot follows from its tag, which blk-mq keeps for the
+ * request's whole life: the scheduler's tag when a scheduler holds it (the
+ * driver's is only assigned at dispatch), else the driver's. The verifier
+ * allows no arithmetic on the request pointer itself. Fibonacci hashing
+ * spreads queues, hardware contexts and tags over the array.
+ */
+static __always_inline struct slot *slot_of(struct request *rq)
+{
+	int tag = rq->internal_tag >= 0 ? rq->internal_tag : rq->tag;
+	__u64 who = (__u64)(__u32)rq->q->id << 32 | (__u64)(rq->mq_hctx->queue_num & 0xffff) << 16 |
+		    (__u16)tag;
+	__u32 idx = (__u32)((who * 0x9E3779B97F4A7C15ULL) >> (64 - SLOT_BITS));
+
+	return bpf_map_lookup_elem(&slots, &idx);
+}
+
+/* The request's slot, claiming it when free; NULL when another holds it. */
+static __always_inline struct inflight *claim_slot(struct request *rq, __u64 id)
+{
+	struct slot *s = slot_of(rq);
+
+	if (!s)
+		return NULL;
+	if (s->rq == id || __sync_val_compare_and_swap(&s->rq, 0, id) == 0)
+		return &s->f;
+	return NULL;
+}
+
+/* The request's slot only if it holds one. */
+static __always_inline struct slot *held_slot(struct request *rq, __u64 id)
+{
+	struct slot *s = slot_of(rq);
+
+	return s && s->rq == id ? s : NULL;
+}
 
 static __always_inline void track_issued(__u64 *id, struct inflight *f)
 {
@@ -140,38 +205,101 @@ SEC("tp_btf/block_rq_insert")
 int BPF_PROG(block_rq_insert, struct request *rq)
 {
 	struct inflight f = {};
+	struct inflight *slot;
 	__u64 id = (__u64)rq;
 
 	if (!request_key(rq, &f.key))
 		return 0;
 	f.insert_ns = bpf_ktime_get_ns();
+	slot = claim_slot(rq, id);
+	if (slot) {
+		*slot = f;
+		return 0;
+	}
 	/* On failure the issue creates the entry: only the queue time is lost. */
 	bpf_map_update_elem(&inflight, &id, &f, BPF_ANY);
 	return 0;
+}
+
+/* An entry from this request's insert, not one left by an earlier request
+ * at the same address (merged away after insert): those are older than the
+ * request's allocation. */
+static __always_inline int inserted_now(struct inflight *f, struct request *rq)
+{
+	return f->insert_ns && f->insert_ns >= rq->start_time_ns;
+}
+
+/* An entry from this request's life, by its first time. */
+static __always_inline int from_this_request(struct inflight *f, struct request *rq)
+{
+	__u64 first = f->insert_ns ? f->insert_ns : f->issue_ns;
+
+	return first && first >= rq->start_time_ns;
+}
+
+/*
+ * Set by the loader (EbpfSource's IssueStamps::Own): stamp every issue on
+ * the program's clock, ignoring the kernel's. Read-only once loaded, so the
+ * verifier drops the branch not taken.
+ */
+const volatile __u32 own_issue_stamps = 0;
+
+/*
+ * Whether the kernel stamps this request's issue itself, in
+ * rq->io_start_time_ns, so that the issue needs no program of ours: it does
+ * on queues that keep block statistics (QUEUE_FLAG_STATS), which writeback
+ * throttling turns on, and wbt is on by default for most disks; so do
+ * io.latency and io.cost. The flag's bit differs between kernels, in an
+ * enum CO-RE cannot name, so this tests what sets it: an accounting user
+ * or a statistics callback on the queue. Should it change between this
+ * test and the stamp, the completion finds neither time and counts nothing.
+ */
+static __always_inline int kernel_stamps_issue(struct request *rq)
+{
+	struct blk_queue_stats *st = rq->q->stats;
+
+	if (own_issue_stamps)
+		return 0;
+
+	return st && (st->accounting || st->callbacks.next != &st->callbacks);
 }
 
 SEC("tp_btf/block_rq_issue")
 int BPF_PROG(block_rq_issue, struct request *rq)
 {
 	__u64 id = (__u64)rq;
-	__u64 now = bpf_ktime_get_ns();
-	struct inflight *known = bpf_map_lookup_elem(&inflight, &id);
+	__u64 now;
+	struct slot *held;
 	struct inflight f = {};
+	struct inflight *entry;
 
-	/*
-	 * An entry from this request's insert (a requeued request is inserted
-	 * and issued again: the last issue is the one the disk served). An
-	 * entry older than the request's allocation is left over from an
-	 * earlier request at the same address (merged away, or its delete
-	 * failed) and is replaced.
-	 */
-	if (known && known->insert_ns && known->insert_ns >= rq->start_time_ns) {
-		known->issue_ns = now;
+	held = held_slot(rq, id);
+	/* An inserted request's queue time is measured on one clock, ours:
+	 * the kernel's stamp can be older than our insert, as it reuses one
+	 * reading for a whole plug (a batch submission). A requeued request is
+	 * inserted and issued again: the last issue is the one the disk served. */
+	if (held && inserted_now(&held->f, rq)) {
+		held->f.issue_ns = bpf_ktime_get_ns();
 		return 0;
 	}
+	if (kernel_stamps_issue(rq))
+		return 0;
+	now = bpf_ktime_get_ns();
 	if (!request_key(rq, &f.key))
 		return 0;
 	f.issue_ns = now;
+	entry = held ? &held->f : claim_slot(rq, id);
+	if (entry) {
+		*entry = f;
+		return 0;
+	}
+	/* Another request holds the slot; the insert, if any, went to the hash
+	 * (should the slot have been freed in between, the queue time is lost). */
+	entry = bpf_map_lookup_elem(&inflight, &id);
+	if (entry && inserted_now(entry, rq)) {
+		entry->issue_ns = now;
+		return 0;
+	}
 	track_issued(&id, &f);
 	return 0;
 }
@@ -180,16 +308,32 @@ SEC("tp_btf/block_rq_complete")
 int BPF_PROG(block_rq_complete, struct request *rq, blk_status_t error, unsigned int nr_bytes)
 {
 	__u64 id = (__u64)rq;
-	struct inflight *f = bpf_map_lookup_elem(&inflight, &id);
+	/* 0 when the kernel did not stamp the issue (kernel_stamps_issue). */
+	__u64 stamped = own_issue_stamps ? 0 : rq->io_start_time_ns;
+	struct slot *held = held_slot(rq, id);
+	struct inflight *f = held ? &held->f : NULL;
+	struct iogate_key key = {};
 	struct iogate_stats *s;
-	__u64 now, start;
+	__u64 now, issue, start;
 	/* The tracepoint fires before the request is updated: this is what was left. */
 	unsigned int remaining = rq->__data_len;
 
+	/* Only a request whose slot was taken at insert or issue is in the
+	 * hash; where the kernel stamps issues, only one that was inserted,
+	 * and requests on a queue without a scheduler rarely are. */
+	if (!f && (!stamped || rq->internal_tag >= 0))
+		f = bpf_map_lookup_elem(&inflight, &id);
+	if (f && !from_this_request(f, rq))
+		f = NULL;
+	issue = f && f->issue_ns ? f->issue_ns : stamped;
 	/* Not seen issued (in flight when we attached, or not a read/write). */
-	if (!f || !f->issue_ns)
+	if (!issue)
 		return 0;
-	s = stats_for(&f->key);
+	if (f)
+		key = f->key;
+	else if (!request_key(rq, &key))
+		return 0;
+	s = stats_for(&key);
 	if (!s)
 		return 0;
 	now = bpf_ktime_get_ns();
@@ -198,21 +342,31 @@ int BPF_PROG(block_rq_complete, struct request *rq, blk_status_t error, unsigned
 		return 0;
 
 	__sync_fetch_and_add(&s->ops, 1);
-	__sync_fetch_and_add(&s->disk_ns, now - f->issue_ns);
-	hist_add(s->disk_hist, now - f->issue_ns);
-	start = f->issue_ns;
-	if (f->insert_ns && f->insert_ns <= f->issue_ns) {
+	__sync_fetch_and_add(&s->disk_ns, now - issue);
+	hist_add(s->disk_hist, now - issue);
+	start = issue;
+	if (f && f->insert_ns && f->insert_ns <= issue) {
 		__sync_fetch_and_add(&s->queued_ops, 1);
-		__sync_fetch_and_add(&s->queue_ns, f->issue_ns - f->insert_ns);
-		hist_add(s->queue_hist, f->issue_ns - f->insert_ns);
+		__sync_fetch_and_add(&s->queue_ns, issue - f->insert_ns);
+		hist_add(s->queue_hist, issue - f->insert_ns);
 		start = f->insert_ns;
 	}
 	hist_add(s->total_hist, now - start);
+	if (f) {
+		f->insert_ns = 0;
+		f->issue_ns = 0;
+	}
+	if (held) {
+		/* A full barrier: the next claimer's writes must not precede the
+		 * clears above (a plain store would do on x86, not on arm64). */
+		__sync_val_compare_and_swap(&held->rq, id, 0);
+		return 0;
+	}
 	/* Should the delete fail (bucket lock busy in a nested context), the
-	 * entry must not pass for a live one when the address is reused. */
-	f->insert_ns = 0;
-	f->issue_ns = 0;
-	bpf_map_delete_elem(&inflight, &id);
+	 * entry must not pass for a live one when the address is reused:
+	 * hence the clears above. */
+	if (f)
+		bpf_map_delete_elem(&inflight, &id);
 	return 0;
 }
 

@@ -11,7 +11,7 @@ use iogate_core::cgroup::CgroupMode;
 use iogate_core::{CgroupFs, CgroupVersion, Device};
 use iogate_metrics_sidecar::cgroup_stats::CgroupStatSource;
 use iogate_metrics_sidecar::counters::{CgroupId, CounterSource, Direction, IoCounters, Snapshot};
-use iogate_metrics_sidecar::ebpf::EbpfSource;
+use iogate_metrics_sidecar::ebpf::{EbpfSource, IssueStamps};
 use iogate_testbed::fio::{within, Job, Rw};
 use iogate_testbed::host_io::{diskstats, run_fio, BlkioCgroup, FioTotals, Scheduler, BLKIO};
 use iogate_testbed::host_lock::HostLock;
@@ -176,6 +176,27 @@ fn reads_agree_with_fio_diskstats_and_cgroup_stats() -> Result<()> {
         let w = measure(&s.disk, &cg, &mut s.ebpf, &job, &dir)?;
         check_accuracy(&format!("randread iodepth={iodepth}"), &w);
     }
+    Ok(())
+}
+
+/// With the program's own issue stamps (what it does where the kernel keeps
+/// none, on a queue without block statistics; every disk here keeps them,
+/// so the test asks for them), the issue program carries each request's
+/// issue time to its completion: the counts must agree the same way.
+#[test]
+fn reads_agree_with_the_programs_own_issue_stamps() -> Result<()> {
+    require_root();
+    let mut s = setup()?;
+    let mut own = EbpfSource::load_with(IssueStamps::Own)?;
+    // One source at a time on the tracepoints.
+    s.ebpf.detach()?;
+    let dir = s.disk.subdir("own-stamps")?;
+    let cg = BlkioCgroup::create("own-stamps")?;
+    let mut job = Job::new("own-stamps", Rw::RandRead, SECONDS);
+    job.iodepth = 32;
+    job.prepare(&dir)?;
+    let w = measure(&s.disk, &cg, &mut own, &job, &dir)?;
+    check_accuracy("randread iodepth=32, the program's own issue stamps", &w);
     Ok(())
 }
 

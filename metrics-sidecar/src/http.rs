@@ -6,6 +6,9 @@
 //! | `GET /api/v1/metrics/pod/{pod}[?namespace=ns]` | one pod, with bottleneck, anomaly, trend |
 //! | `GET /api/v1/metrics/topslow[?limit=n]` | the `n` (default 5) slowest pods |
 //! | `GET /metrics` | Prometheus text format |
+//!
+//! `/metrics` and `/api/v1/metrics` are gzipped for clients that accept it
+//! ([`crate::encoding`]).
 //! | `GET /healthz`, `GET /api/v1/health` | the sampler is ticking |
 //! | `GET /readyz` | a first window exists; says which source is in use |
 //!
@@ -16,13 +19,14 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use iogate_api::{ErrorResponse, HealthResponse, PodResponse, ReadyResponse, TopSlowResponse};
 
 use crate::bodies::{pods, slowest, Body};
+use crate::encoding::Encoding;
 use crate::prometheus;
 use crate::query::{self, QueryError};
 use crate::report::{rfc3339, Assessed};
@@ -64,11 +68,25 @@ fn bad_query(e: QueryError) -> Response {
     error(StatusCode::BAD_REQUEST, e.to_string())
 }
 
-async fn all_metrics(State(shared): State<Arc<SidecarState>>, uri: Uri) -> Response {
+/// A shared body, in the encoding the request accepts.
+async fn shared_body(shared: &SidecarState, body: Body, content_type: &'static str, request: &HeaderMap) -> Response {
+    let encoding = Encoding::negotiate(request.get(header::ACCEPT_ENCODING));
+    let bytes = shared.body(body, encoding).await;
+    let mut response = ([(header::CONTENT_TYPE, content_type)], bytes).into_response();
+    let headers = response.headers_mut();
+    // Caches must not hand a gzipped body to a client that did not ask.
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if let Some(coding) = encoding.content_encoding() {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
+    }
+    response
+}
+
+async fn all_metrics(State(shared): State<Arc<SidecarState>>, uri: Uri, request: HeaderMap) -> Response {
     if let Err(e) = query::all_metrics(&uri) {
         return bad_query(e);
     }
-    ([(header::CONTENT_TYPE, "application/json")], shared.body(Body::AllMetrics).await).into_response()
+    shared_body(&shared, Body::AllMetrics, "application/json", &request).await
 }
 
 async fn pod_metrics(State(shared): State<Arc<SidecarState>>, Path(pod): Path<String>, uri: Uri) -> Response {
@@ -129,8 +147,8 @@ async fn top_slow(State(shared): State<Arc<SidecarState>>, uri: Uri) -> Response
     Json(TopSlowResponse { timestamp: rfc3339(SystemTime::now()), top_slow_pods: top }).into_response()
 }
 
-async fn prometheus_text(State(shared): State<Arc<SidecarState>>) -> Response {
-    ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], shared.body(Body::Prometheus).await).into_response()
+async fn prometheus_text(State(shared): State<Arc<SidecarState>>, request: HeaderMap) -> Response {
+    shared_body(&shared, Body::Prometheus, prometheus::CONTENT_TYPE, &request).await
 }
 
 async fn health(State(shared): State<Arc<SidecarState>>) -> Response {
@@ -247,6 +265,31 @@ mod tests {
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// Scrapers that accept gzip (Prometheus does) get the same body
+    /// gzipped; others get it plain; either way caches are told it varies.
+    #[tokio::test]
+    async fn shared_bodies_are_gzipped_for_clients_that_accept_it() {
+        use std::io::Read;
+        let app = app(SourceKind::Ebpf).await;
+        for uri in ["/metrics", "/api/v1/metrics"] {
+            let (status, plain) = get(&app, uri).await;
+            assert_eq!(status, StatusCode::OK);
+            let request = Request::get(uri).header(header::ACCEPT_ENCODING, "gzip").body(Body::empty()).unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.headers()[header::CONTENT_ENCODING], "gzip", "{uri}");
+            assert_eq!(response.headers()[header::VARY], "accept-encoding", "{uri}");
+            let packed = response.into_body().collect().await.unwrap().to_bytes();
+            let mut unpacked = String::new();
+            flate2::read::GzDecoder::new(&packed[..]).read_to_string(&mut unpacked).unwrap();
+            assert_eq!(unpacked, plain, "{uri}: gzip must carry the plain body");
+
+            let request = Request::get(uri).header(header::ACCEPT_ENCODING, "gzip;q=0").body(Body::empty()).unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            assert!(response.headers().get(header::CONTENT_ENCODING).is_none(), "{uri}: gzip refused, sent anyway");
+            assert_eq!(response.headers()[header::VARY], "accept-encoding", "{uri}");
+        }
     }
 
     async fn get_json(app: &Router, uri: &str) -> (StatusCode, Value) {

@@ -16,7 +16,8 @@
 //!    [`report`] turns it into IOEye's fields plus percentiles, judged by
 //!    [`diagnosis`] (bottleneck) and [`history`] (trend, anomaly);
 //! 4. [`bodies`] renders `/metrics` ([`prometheus`] text) and the full REST
-//!    document once per tick; [`http`] serves them and the rest of the REST
+//!    document once per tick, gzipped once more for clients that take it
+//!    ([`encoding`]); [`http`] serves them and the rest of the REST
 //!    API (its query parameters as [`query`] reads them), within the time and
 //!    connection bounds of [`serve`].
 //!
@@ -34,6 +35,7 @@ pub mod cgroup_tree;
 pub mod counters;
 pub mod diagnosis;
 pub mod ebpf;
+pub mod encoding;
 pub mod frame;
 pub mod history;
 pub mod host_cgroups;

@@ -10,6 +10,7 @@ use tokio::sync::OnceCell;
 
 use crate::bodies::Body;
 use crate::counters::SourceKind;
+use crate::encoding::Encoding;
 use crate::plugin_guarantee::GuaranteeBoard;
 pub use crate::published::Published;
 
@@ -20,19 +21,24 @@ pub struct Tick {
     pub published: Published,
     /// The pods status as it was when the tick was published.
     pods_synced: bool,
-    prometheus: OnceCell<Bytes>,
-    all_metrics: OnceCell<Bytes>,
+    /// Each body plain and gzipped.
+    prometheus: [OnceCell<Bytes>; 2],
+    all_metrics: [OnceCell<Bytes>; 2],
 }
 
 impl Tick {
     fn new(published: Published, pods_synced: bool) -> Tick {
-        Tick { published, pods_synced, prometheus: OnceCell::new(), all_metrics: OnceCell::new() }
+        Tick { published, pods_synced, prometheus: Default::default(), all_metrics: Default::default() }
     }
 
-    fn cell(&self, body: Body) -> &OnceCell<Bytes> {
-        match body {
+    fn cell(&self, body: Body, encoding: Encoding) -> &OnceCell<Bytes> {
+        let cells = match body {
             Body::Prometheus => &self.prometheus,
             Body::AllMetrics => &self.all_metrics,
+        };
+        match encoding {
+            Encoding::Identity => &cells[0],
+            Encoding::Gzip => &cells[1],
         }
     }
 }
@@ -82,11 +88,11 @@ impl SidecarState {
         self.current.store(Arc::new(Tick::new(p, self.pods().synced)));
     }
 
-    /// `body` for the last tick, rendered at most once per tick: by the
-    /// first request that wants it (requests meanwhile wait for that
-    /// render; later ones get the same bytes), and not at all in a tick
-    /// nobody asks for it.
-    pub async fn body(&self, body: Body) -> Bytes {
+    /// `body` for the last tick, rendered (and encoded) at most once per
+    /// tick: by the first request that wants it (requests meanwhile wait
+    /// for that render; later ones get the same bytes), and not at all in a
+    /// tick nobody asks for it.
+    pub async fn body(&self, body: Body, encoding: Encoding) -> Bytes {
         let tick = self.read();
         let source = self.source;
         let for_render = tick.clone();
@@ -97,7 +103,14 @@ impl SidecarState {
                 .await
                 .expect("rendering a body panicked")
         };
-        tick.cell(body).get_or_init(render).await.clone()
+        let plain = tick.cell(body, Encoding::Identity).get_or_init(render).await.clone();
+        if encoding == Encoding::Identity {
+            return plain;
+        }
+        let encode = || async move {
+            tokio::task::spawn_blocking(move || encoding.encode(&plain)).await.expect("encoding a body panicked")
+        };
+        tick.cell(body, encoding).get_or_init(encode).await.clone()
     }
 
     pub fn pods(&self) -> PodsStatus {
@@ -135,19 +148,26 @@ mod tests {
     async fn every_request_of_a_tick_gets_the_same_rendered_bytes() {
         let shared = SidecarState::new(Duration::from_secs(1), SourceKind::Ebpf, None, status(false));
         for body in [Body::Prometheus, Body::AllMetrics] {
-            let (first, second) = tokio::join!(shared.body(body), shared.body(body));
-            assert_eq!(first.as_ptr(), second.as_ptr(), "{body:?} rendered twice in one tick");
-            assert_eq!(shared.body(body).await.as_ptr(), first.as_ptr());
+            for encoding in [Encoding::Identity, Encoding::Gzip] {
+                let (first, second) = tokio::join!(shared.body(body, encoding), shared.body(body, encoding));
+                assert_eq!(first.as_ptr(), second.as_ptr(), "{body:?} {encoding:?} made twice in one tick");
+                assert_eq!(shared.body(body, encoding).await.as_ptr(), first.as_ptr());
+            }
         }
-        let first = shared.body(Body::Prometheus).await;
+        let first = shared.body(Body::Prometheus, Encoding::Identity).await;
         assert!(text(&first).contains("iogate_sidecar_pods_synced 0\n"));
 
         shared.set_pods(status(true));
         // Until the tick publishes, the last tick's bodies stand.
-        assert!(text(&shared.body(Body::Prometheus).await).contains("iogate_sidecar_pods_synced 0\n"));
+        assert!(
+            text(&shared.body(Body::Prometheus, Encoding::Identity).await).contains("iogate_sidecar_pods_synced 0\n")
+        );
         shared.publish(Published { window_seconds: 1.0, at: Some(Instant::now()), ..Published::default() });
-        assert!(text(&shared.body(Body::Prometheus).await).contains("iogate_sidecar_pods_synced 1\n"));
-        let document: serde_json::Value = serde_json::from_slice(&shared.body(Body::AllMetrics).await).unwrap();
+        assert!(
+            text(&shared.body(Body::Prometheus, Encoding::Identity).await).contains("iogate_sidecar_pods_synced 1\n")
+        );
+        let document: serde_json::Value =
+            serde_json::from_slice(&shared.body(Body::AllMetrics, Encoding::Identity).await).unwrap();
         assert_eq!(document["window_seconds"], 1.0);
         assert_eq!(document["source"], "ebpf");
         // A request still holding the old body keeps it whole.

@@ -108,24 +108,53 @@ impl Drop for Sidecar {
 }
 
 /// `GET path` from a server on this machine → (status, body). HTTP/1.0,
-/// so the body is never chunked.
+/// one connection per request, as a probe or a scraper would.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let response = http_get_with(addr, path, &[])?;
+    let body = String::from_utf8(response.body).with_context(|| format!("GET {path}: response is not UTF-8"))?;
+    Ok((response.status, body))
+}
+
+/// What [`http_get_with`] read.
+pub struct RawResponse {
+    pub status: u16,
+    /// The status line and the headers.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// A header's value (names compared without case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// [`http_get`] with extra request headers (`("Accept-Encoding", "gzip")`),
+/// the body left as bytes.
+pub fn http_get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<RawResponse> {
     let mut stream =
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let extra: String = headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{extra}\r\n")?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).with_context(|| format!("reading the response to GET {path}"))?;
-    let text = String::from_utf8(raw).with_context(|| format!("GET {path}: response is not UTF-8"))?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("GET {path}: expected an HTTP response, found {text:?}"))?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .with_context(|| format!("GET {path}: expected an HTTP response, found {:?}", String::from_utf8_lossy(&raw)))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let body = raw[split + 4..].to_vec();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("GET {path}: expected a status line, found {head:?}"))?;
-    Ok((status, body.to_string()))
+    Ok(RawResponse { status, head, body })
 }
 
 /// One line of the Prometheus text format.

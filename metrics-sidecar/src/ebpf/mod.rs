@@ -43,6 +43,25 @@ impl RunStats {
     }
 }
 
+/// Where a request's issue time comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IssueStamps {
+    /// The kernel's own (`rq->io_start_time_ns`) for requests issued
+    /// without insert on queues that keep block statistics (most disks:
+    /// writeback throttling keeps them), the program's for the rest. The
+    /// issue program then returns at once for most requests. The kernel
+    /// reuses one clock reading per plug, so the device time of a request
+    /// submitted in a batch starts at the batch's reading.
+    #[default]
+    KernelWhereStamped,
+    /// Always the program's, at the issue tracepoint: exact device time for
+    /// batches, at the cost of the issue program's work on every request.
+    Own,
+}
+
+/// The C program's read-only switch for [`IssueStamps::Own`].
+const OWN_ISSUE_STAMPS: &str = "own_issue_stamps";
+
 /// Per-cgroup block-I/O counters with latencies, from eBPF.
 ///
 /// Cgroup ids are the kernfs ids of the cgroup the I/O is charged to in the
@@ -57,6 +76,11 @@ pub struct EbpfSource {
 impl EbpfSource {
     /// Loads the programs into the kernel and attaches them.
     pub fn load() -> Result<EbpfSource> {
+        EbpfSource::load_with(IssueStamps::default())
+    }
+
+    /// [`EbpfSource::load`] with issue times taken as `stamps` says.
+    pub fn load_with(stamps: IssueStamps) -> Result<EbpfSource> {
         let object = OBJECT.map_err(|why| {
             anyhow::anyhow!(
                 "this sidecar was built without its eBPF program ({why}); expected a build with clang, the libbpf \
@@ -66,8 +90,12 @@ impl EbpfSource {
         let btf = Btf::from_sys_fs().context("reading kernel BTF from /sys/kernel/btf/vmlinux")?;
         // One parse of the kernel's BTF (megabytes) for both the object's
         // CO-RE relocations and the programs' attach targets.
-        let mut ebpf =
-            EbpfLoader::new().btf(Some(&btf)).load(object).context("loading the eBPF object (maps and relocations)")?;
+        let own = u32::from(stamps == IssueStamps::Own);
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .set_global(OWN_ISSUE_STAMPS, &own, true)
+            .load(object)
+            .context("loading the eBPF object (maps and relocations)")?;
         let mut probes = Probes::load(&mut ebpf, &btf)?;
         probes.attach(&mut ebpf)?;
         Ok(EbpfSource { ebpf, probes, run_stats_fd: None })

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use iogate_core::Device;
 use iogate_metrics_sidecar::counters::{CounterSource, Direction, IoKey};
-use iogate_metrics_sidecar::ebpf::EbpfSource;
+use iogate_metrics_sidecar::ebpf::{EbpfSource, IssueStamps, RunStats};
 use iogate_testbed::fio::{Job, Rw};
 use iogate_testbed::host_io::{run_fio_on, BlkioCgroup, FioTotals, BLKIO};
 use iogate_testbed::host_lock::HostLock;
@@ -107,11 +107,17 @@ fn median(values: &[f64]) -> f64 {
     percentile(values, 0.5)
 }
 
+fn min(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(0.0, f64::max)
+}
+
 /// `median (min–max)` of IOPS figures.
 fn iops_summary(values: &[f64]) -> String {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(0.0, f64::max);
-    format!("{:.0} ({:.0}–{:.0})", median(values), min, max)
+    format!("{:.0} ({:.0}–{:.0})", median(values), min(values), max(values))
 }
 
 fn loss_pct(without: &[f64], with: &[f64]) -> f64 {
@@ -199,35 +205,71 @@ fn bench_overhead(bench: &FastDevice) -> Result<f64> {
     let counted = counted_reads(&mut source, &key)? - before;
     ensure!(counted > 0, "the probes counted no reads of {key:?} during the attached rounds");
 
+    // The program's own issue stamps, the default's fallback, in
+    // alternating rounds with the default: what the kernel's stamps save.
+    let mut own =
+        EbpfSource::load_with(IssueStamps::Own).context("loading the eBPF probes with their own issue stamps")?;
+    own.detach()?;
     source.enable_run_stats()?;
-    source.attach()?;
-    let mut per_request = Vec::new();
-    let mut per_run = Vec::new();
-    let mut runs_per_request = Vec::new();
+    own.enable_run_stats()?;
+    let mut default_cost = RunCost::default();
+    let mut own_cost = RunCost::default();
     for _ in 0..STATS_ROUNDS {
-        let start = source.run_stats().context("BPF run-time statistics unavailable after enabling them")?;
-        let fio = bench.fio(ROUND_SECS)?;
-        let used = source.run_stats().context("BPF run-time statistics disappeared")?.since(&start);
-        ensure!(used.run_count > 0, "BPF run-time statistics counted no program runs in a round of {} I/Os", fio.ios);
-        per_request.push(used.run_time_ns as f64 / fio.ios as f64);
-        per_run.push(used.run_time_ns as f64 / used.run_count as f64);
-        runs_per_request.push(used.run_count as f64 / fio.ios as f64);
+        default_cost.round(bench, &mut source)?;
+        own_cost.round(bench, &mut own)?;
     }
-    source.detach()?;
     let loss = loss_pct(&detached, &attached);
     println!(
         "overhead: {}: probes detached median {} IOPS, attached median {} IOPS, loss {loss:.2}% (target < 2%; \
          {ROUNDS} rounds of {ROUND_SECS} s each, alternating; {counted} reads counted by the probes); \
-         BPF run time median {:.0} ns per request, {:.0} ns per program run, {:.2} runs per request \
-         (kernel.bpf_stats_enabled, {STATS_ROUNDS} more rounds)",
+         BPF run time {} (kernel.bpf_stats_enabled, {STATS_ROUNDS} more rounds); \
+         with the program's own issue stamps, alternating with those: {}",
         bench.describe(),
         iops_summary(&detached),
         iops_summary(&attached),
-        median(&per_request),
-        median(&per_run),
-        median(&runs_per_request),
+        default_cost.summary(),
+        own_cost.summary(),
     );
     Ok(loss)
+}
+
+/// BPF run time per round of fio, from the kernel's run-time statistics.
+#[derive(Default)]
+struct RunCost {
+    per_request: Vec<f64>,
+    per_run: Vec<f64>,
+    runs_per_request: Vec<f64>,
+}
+
+impl RunCost {
+    /// One round with `source` attached (and only it).
+    fn round(&mut self, bench: &FastDevice, source: &mut EbpfSource) -> Result<()> {
+        source.attach()?;
+        let start = source.run_stats().context("BPF run-time statistics unavailable after enabling them")?;
+        let fio = bench.fio(ROUND_SECS)?;
+        let used = source.run_stats().context("BPF run-time statistics disappeared")?.since(&start);
+        source.detach()?;
+        self.add(used, fio.ios)
+    }
+
+    fn add(&mut self, used: RunStats, ios: u64) -> Result<()> {
+        ensure!(used.run_count > 0, "BPF run-time statistics counted no program runs in a round of {ios} I/Os");
+        self.per_request.push(used.run_time_ns as f64 / ios as f64);
+        self.per_run.push(used.run_time_ns as f64 / used.run_count as f64);
+        self.runs_per_request.push(used.run_count as f64 / ios as f64);
+        Ok(())
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "median {:.0} ns per request (range {:.0}–{:.0}), {:.0} ns per program run, {:.2} runs per request",
+            median(&self.per_request),
+            min(&self.per_request),
+            max(&self.per_request),
+            median(&self.per_run),
+            median(&self.runs_per_request),
+        )
+    }
 }
 
 /// Reads the probes have completed for `key` so far.
@@ -315,17 +357,79 @@ impl Bpftrace {
     }
 }
 
-/// Tracepoints that programs held by `pid` are attached to, per `bpftool perf`.
-fn attached_tracepoints(pid: u32) -> Result<Vec<String>> {
-    let out = Command::new("bpftool").args(["-j", "perf", "show"]).output().context("running bpftool perf show")?;
-    ensure!(out.status.success(), "bpftool perf show failed: {}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing bpftool perf show JSON")?;
+/// `bpftool -j <args>`, parsed.
+fn bpftool_json(args: &[&str]) -> Result<serde_json::Value> {
+    let out =
+        Command::new("bpftool").arg("-j").args(args).output().with_context(|| format!("running bpftool {args:?}"))?;
+    ensure!(out.status.success(), "bpftool {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).with_context(|| format!("parsing the JSON of bpftool {args:?}"))
+}
+
+/// What `bpftool perf show` lists for programs held by `pid`: one entry per
+/// attached tracepoint.
+fn perf_attachments(pid: u32) -> Result<Vec<serde_json::Value>> {
+    let v = bpftool_json(&["perf", "show"])?;
     Ok(v.as_array()
         .context("expected a JSON array from bpftool perf show")?
         .iter()
         .filter(|e| e["pid"].as_u64() == Some(pid as u64))
-        .filter_map(|e| e["tracepoint"].as_str().map(str::to_string))
+        .cloned()
         .collect())
+}
+
+/// Tracepoints that programs held by `pid` are attached to.
+fn attached_tracepoints(pid: u32) -> Result<Vec<String>> {
+    Ok(perf_attachments(pid)?.iter().filter_map(|e| e["tracepoint"].as_str().map(str::to_string)).collect())
+}
+
+/// Run count and time summed over the programs `ids` (0 while the kernel
+/// keeps no run-time statistics).
+fn programs_run_stats(ids: &[u64]) -> Result<RunStats> {
+    let mut total = RunStats::default();
+    for id in ids {
+        let v = bpftool_json(&["prog", "show", "id", &id.to_string()])?;
+        total.run_count += v["run_cnt"].as_u64().unwrap_or(0);
+        total.run_time_ns += v["run_time_ns"].as_u64().unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// `kernel.bpf_stats_enabled` on, and back as it was when dropped.
+struct BpfStatsOn {
+    old: String,
+}
+
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStatsOn {
+    fn enable() -> Result<BpfStatsOn> {
+        let old = std::fs::read_to_string(BPF_STATS_SYSCTL).with_context(|| format!("reading {BPF_STATS_SYSCTL}"))?;
+        std::fs::write(BPF_STATS_SYSCTL, "1").with_context(|| format!("writing 1 to {BPF_STATS_SYSCTL}"))?;
+        Ok(BpfStatsOn { old: old.trim().to_string() })
+    }
+}
+
+impl Drop for BpfStatsOn {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS_SYSCTL, &self.old);
+    }
+}
+
+/// The bpftrace script's BPF run time, measured as ours is.
+fn peer_run_cost(bench: &FastDevice, dir: &Path, n: usize) -> Result<RunCost> {
+    let _stats = BpfStatsOn::enable()?;
+    let bt = Bpftrace::start(dir, n)?;
+    let pid = bt.process.pid().context("bpftrace is not running")?;
+    let ids: Vec<u64> = perf_attachments(pid)?.iter().filter_map(|e| e["prog_id"].as_u64()).collect();
+    ensure!(!ids.is_empty(), "bpftool perf show lists no programs of bpftrace (pid {pid})");
+    let mut cost = RunCost::default();
+    for _ in 0..STATS_ROUNDS {
+        let start = programs_run_stats(&ids)?;
+        let fio = bench.fio(ROUND_SECS)?;
+        cost.add(programs_run_stats(&ids)?.since(&start), fio.ios)?;
+    }
+    bt.stop()?;
+    Ok(cost)
 }
 
 fn bench_peer(bench: &FastDevice, ours: Option<f64>) -> Result<()> {
@@ -347,15 +451,18 @@ fn bench_peer(bench: &FastDevice, ours: Option<f64>) -> Result<()> {
     // On an error mid-round, Background's Drop ends bpftrace.
     drop(running);
     let (none, traced) = result?;
+    let cost = peer_run_cost(bench, dir.path(), starts + 1)?;
     let ours = ours.map_or_else(|| "not measured in this run".to_string(), |l| format!("{l:.2}%"));
     println!(
         "peer: {}: no tracer median {} IOPS, bpftrace median {} IOPS, loss {:.2}% (ours: {ours}; \
          bpftrace script: per-cgroup queue/device latency histograms and bytes, 3 tracepoints; \
-         {ROUNDS} rounds of {ROUND_SECS} s each, alternating)",
+         {ROUNDS} rounds of {ROUND_SECS} s each, alternating); bpftrace's BPF run time {} \
+         (kernel.bpf_stats_enabled, {STATS_ROUNDS} more rounds)",
         bench.describe(),
         iops_summary(&none),
         iops_summary(&traced),
         loss_pct(&none, &traced),
+        cost.summary(),
     );
     Ok(())
 }
@@ -599,14 +706,19 @@ fn bench_pods() -> Result<()> {
     );
 
     let (prom, prom_bytes) = time_gets(&sidecar, "/metrics")?;
+    let (gz, gz_bytes) = time_gzip_gets(&sidecar, "/metrics")?;
     let (api, api_bytes) = time_gets(&sidecar, "/api/v1/metrics")?;
     worker.check()?;
     println!(
         "scrape: at {PODS} pods, {SCRAPES} sequential GETs each (new connection each): /metrics median {:?} \
-         p95 {:?}, {:.0} KiB; /api/v1/metrics median {:?} p95 {:?}, {:.0} KiB",
+         p95 {:?}, {:.0} KiB; /metrics with Accept-Encoding: gzip (as Prometheus asks) median {:?} p95 {:?}, \
+         {:.0} KiB; /api/v1/metrics median {:?} p95 {:?}, {:.0} KiB",
         percentile(&prom, 0.5),
         percentile(&prom, 0.95),
         prom_bytes as f64 / 1024.0,
+        percentile(&gz, 0.5),
+        percentile(&gz, 0.95),
+        gz_bytes as f64 / 1024.0,
         percentile(&api, 0.5),
         percentile(&api, 0.95),
         api_bytes as f64 / 1024.0,
@@ -737,14 +849,30 @@ fn raise_own_fd_limit(want: u64) -> Result<()> {
 
 /// `SCRAPES` sequential `GET path`: the time of each and the largest body.
 fn time_gets(sidecar: &Sidecar, path: &str) -> Result<(Vec<Duration>, usize)> {
+    time_gets_with(sidecar, path, &[])
+}
+
+/// As Prometheus asks: gzip accepted. Checks that gzip came back.
+fn time_gzip_gets(sidecar: &Sidecar, path: &str) -> Result<(Vec<Duration>, usize)> {
+    time_gets_with(sidecar, path, &[("Accept-Encoding", "gzip")])
+}
+
+fn time_gets_with(sidecar: &Sidecar, path: &str, headers: &[(&str, &str)]) -> Result<(Vec<Duration>, usize)> {
     let mut took = Vec::with_capacity(SCRAPES);
     let mut size = 0;
     for _ in 0..SCRAPES {
         let t = Instant::now();
-        let (status, body) = sidecar.get(path)?;
+        let response = iogate_testbed::sidecar::http_get_with(sidecar.addr(), path, headers)?;
         took.push(t.elapsed());
-        ensure!(status == 200, "GET {path} answered {status}: {body}");
-        size = size.max(body.len());
+        ensure!(response.status == 200, "GET {path} answered {}: {}", response.status, response.head);
+        let gzip_asked = headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("accept-encoding") && v.contains("gzip"));
+        let gzipped = response.header("content-encoding") == Some("gzip");
+        ensure!(
+            gzip_asked == gzipped,
+            "GET {path} with {headers:?}: expected gzip {gzip_asked}, found {}",
+            response.head
+        );
+        size = size.max(response.body.len());
     }
     Ok((took, size))
 }
