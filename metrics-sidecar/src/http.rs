@@ -6,11 +6,11 @@
 //! | `GET /api/v1/metrics/pod/{pod}[?namespace=ns]` | one pod, with bottleneck, anomaly, trend |
 //! | `GET /api/v1/metrics/topslow[?limit=n]` | the `n` (default 5) slowest pods |
 //! | `GET /metrics` | Prometheus text format |
+//! | `GET /healthz`, `GET /api/v1/health` | the sampler is ticking |
+//! | `GET /readyz` | a first window exists; says which source is in use |
 //!
 //! `/metrics` and `/api/v1/metrics` are gzipped for clients that accept it
 //! ([`crate::encoding`]).
-//! | `GET /healthz`, `GET /api/v1/health` | the sampler is ticking |
-//! | `GET /readyz` | a first window exists; says which source is in use |
 //!
 //! The documents are [`iogate_api`]'s. Errors are JSON
 //! `{"error": "...", "status": N}` with that status.
