@@ -15,6 +15,10 @@ pub trait Attribution {
     /// The limits in force on that cgroup for that device; `None` when they
     /// could not be read.
     fn limits(&self, id: CgroupId, device: Device) -> Option<Limits>;
+    /// Shown the cgroups a snapshot names before any is asked about: the
+    /// moment to learn those born since the last look. A fixed table knows
+    /// all it ever will.
+    fn discover(&mut self, _ids: &mut dyn Iterator<Item = CgroupId>) {}
 }
 
 impl Attribution for HostCgroups {
@@ -24,5 +28,12 @@ impl Attribution for HostCgroups {
 
     fn limits(&self, id: CgroupId, device: Device) -> Option<Limits> {
         HostCgroups::limits(self, id, device)
+    }
+
+    fn discover(&mut self, ids: &mut dyn Iterator<Item = CgroupId>) {
+        // The previous tree stays; the new cgroup is named by a later scan.
+        if let Err(e) = HostCgroups::discover(self, ids) {
+            tracing::warn!("rescanning cgroups for one born since the last scan: {e}");
+        }
     }
 }

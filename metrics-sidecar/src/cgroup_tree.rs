@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::Path;
 
 use crate::counters::CgroupId;
@@ -71,14 +71,17 @@ impl CgroupTree {
                     continue;
                 };
                 let child = format!("{rel}/{name}");
-                let (meta, list) = match entry.metadata().and_then(|m| Ok((m, std::fs::read_dir(entry.path())?))) {
+                let list = match std::fs::read_dir(entry.path()) {
                     Ok(v) => v,
                     Err(e) => {
                         skip(&child, &e);
                         continue;
                     }
                 };
-                tree.paths.insert(CgroupId(meta.ino()), child.clone());
+                // readdir's inode number is the one stat would give (on
+                // cgroupfs both are the kernfs node id), without a stat per
+                // cgroup.
+                tree.paths.insert(CgroupId(entry.ino()), child.clone());
                 pending.push((child, list));
             }
         }

@@ -242,7 +242,7 @@ mod tests {
     }
 
     async fn app(source: SourceKind) -> Router {
-        let table = Table::default()
+        let mut table = Table::default()
             .pod(1, "shop", "web-0", "app")
             .pod(2, "db", "pg-0", "postgres")
             .pod(3, "staging", "pg-0", "postgres")
@@ -255,7 +255,7 @@ mod tests {
         let shared = Arc::new(SidecarState::new(Duration::from_secs(1), source, ebpf_error, pods));
         let mut sampler = Sampler::new(Box::new(replay), NetworkMajors::default());
         for _ in 0..2 {
-            shared.publish(sampler.tick(&table).unwrap());
+            shared.publish(sampler.tick(&mut table).unwrap());
         }
         router(shared)
     }

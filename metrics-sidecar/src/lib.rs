@@ -9,7 +9,8 @@
 //! 2. [`frame`]: cgroup ids become containers and pods ([`host_cgroups`], from
 //!    the hierarchy walk in [`cgroup_tree`], the path rules in iogate-core's
 //!    `cgroup::paths` and the API names in [`pods`]), with the limits in
-//!    force (read by iogate-core's `CgroupFs`), behind the
+//!    force (read by iogate-core's `CgroupFs`, remembered for a while by
+//!    [`limits_cache`]), behind the
 //!    [`attribution::Attribution`] trait;
 //! 3. [`window`]: two frames make usage per pod → container → device
 //!    (each request counted once across [`stacking`]);
@@ -40,6 +41,7 @@ pub mod frame;
 pub mod history;
 pub mod host_cgroups;
 pub mod http;
+pub mod limits_cache;
 pub mod plugin_guarantee;
 pub mod pods;
 pub mod prometheus;

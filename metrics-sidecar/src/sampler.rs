@@ -32,9 +32,10 @@ impl Sampler {
         Sampler { source, previous: None, history: History::default(), network, unknown_last_tick: BTreeSet::new() }
     }
 
-    pub fn tick(&mut self, who: &dyn Attribution) -> anyhow::Result<Published> {
+    pub fn tick(&mut self, who: &mut dyn Attribution) -> anyhow::Result<Published> {
         let snapshot =
             self.source.snapshot().with_context(|| format!("reading the {} counters", self.source.kind().name()))?;
+        who.discover(&mut snapshot.counters.keys().map(|key| key.cgroup));
         let mut frame = Frame::attribute(snapshot, SystemTime::now(), who);
         let stacking = Stacking::load();
         frame.mark_layers(&stacking);
@@ -103,10 +104,10 @@ mod tests {
         let forgotten = Arc::new(Mutex::new(Vec::new()));
         let mut sampler = Sampler::new(Box::new(OneCgroup(forgotten.clone())), NetworkMajors::default());
         // Its I/O reached the maps before the tree's rescan saw its directory.
-        sampler.tick(&Table::default()).unwrap();
+        sampler.tick(&mut Table::default()).unwrap();
         assert!(forgotten.lock().unwrap().is_empty(), "counts dropped after one tick unknown");
         // The next rescan names it: nothing was lost.
-        sampler.tick(&Table::default().pod(9, "shop", "web-0", "app")).unwrap();
+        sampler.tick(&mut Table::default().pod(9, "shop", "web-0", "app")).unwrap();
         assert!(forgotten.lock().unwrap().is_empty());
     }
 
@@ -114,10 +115,10 @@ mod tests {
     fn a_cgroup_missed_by_two_rescans_is_forgotten_once() {
         let forgotten = Arc::new(Mutex::new(Vec::new()));
         let mut sampler = Sampler::new(Box::new(OneCgroup(forgotten.clone())), NetworkMajors::default());
-        sampler.tick(&Table::default().pod(9, "shop", "web-0", "app")).unwrap();
-        sampler.tick(&Table::default()).unwrap();
+        sampler.tick(&mut Table::default().pod(9, "shop", "web-0", "app")).unwrap();
+        sampler.tick(&mut Table::default()).unwrap();
         assert!(forgotten.lock().unwrap().is_empty(), "its last counts are reported first");
-        sampler.tick(&Table::default()).unwrap();
+        sampler.tick(&mut Table::default()).unwrap();
         assert_eq!(*forgotten.lock().unwrap(), vec![CgroupId(9)]);
     }
 }

@@ -87,15 +87,20 @@ impl EbpfSource {
                  headers and kernel BTF (see metrics-sidecar/build.rs)"
             )
         })?;
-        let btf = Btf::from_sys_fs().context("reading kernel BTF from /sys/kernel/btf/vmlinux")?;
-        // One parse of the kernel's BTF (megabytes) for both the object's
-        // CO-RE relocations and the programs' attach targets.
+        // The kernel's BTF, parsed, is the sidecar's largest allocation
+        // (tens of MiB, its peak RSS): the loader parses its own copy for
+        // the CO-RE relocations and drops it before a second copy is parsed
+        // for the programs' attach targets, so the two are never resident
+        // together (start-up peak 32.7 → 23.1 MiB: docs/benchmarks.md).
+        // The loader treats a missing BTF as none at all and would fail on
+        // the first relocation instead: say what is missing here.
+        std::fs::metadata(KERNEL_BTF).with_context(|| format!("reading kernel BTF from {KERNEL_BTF}"))?;
         let own = u32::from(stamps == IssueStamps::Own);
         let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
             .set_global(OWN_ISSUE_STAMPS, &own, true)
             .load(object)
             .context("loading the eBPF object (maps and relocations)")?;
+        let btf = Btf::from_sys_fs().with_context(|| format!("reading kernel BTF from {KERNEL_BTF}"))?;
         let mut probes = Probes::load(&mut ebpf, &btf)?;
         probes.attach(&mut ebpf)?;
         Ok(EbpfSource { ebpf, probes, run_stats_fd: None })
@@ -217,6 +222,9 @@ impl CounterSource for EbpfSource {
         Ok(Snapshot { taken_at, source: SourceKind::Ebpf, counters })
     }
 }
+
+/// Where the kernel publishes its own BTF (`Btf::from_sys_fs` reads it).
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 fn kernel_stats_enabled() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
