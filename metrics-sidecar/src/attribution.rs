@@ -31,9 +31,9 @@ impl Attribution for HostCgroups {
     }
 
     fn discover(&mut self, ids: &mut dyn Iterator<Item = CgroupId>) {
-        // The previous tree stays; the new cgroup is named by a later scan.
+        // The previous tree stays; a later scan is the correction.
         if let Err(e) = HostCgroups::discover(self, ids) {
-            tracing::warn!("rescanning cgroups for one born since the last scan: {e}");
+            tracing::warn!("rescanning cgroups: {e}; keeping the previous map");
         }
     }
 }

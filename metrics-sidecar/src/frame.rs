@@ -34,10 +34,10 @@ pub struct Frame {
     pub wall: SystemTime,
     pub source: SourceKind,
     pub series: Vec<Series>,
-    /// Cgroups with counters but no directory in the last rescan: their
-    /// counts are still reported (as `cgroup = "(removed) <id>"`) until the
-    /// source forgets them (after a second rescan misses them too, as one
-    /// born since the rescan is named by the next).
+    /// Cgroups with counters that the attribution could not name (no
+    /// directory in the last rescan): their counts are still reported (as
+    /// `cgroup = "(removed) <id>"`) until the source forgets them, when a
+    /// second tick cannot name them either.
     pub removed: Vec<CgroupId>,
 }
 

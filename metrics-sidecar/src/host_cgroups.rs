@@ -2,8 +2,9 @@
 //! with names when the API knows them, and the block-I/O limits in force.
 //!
 //! [`HostCgroups`] joins three sources: the [`CgroupTree`] (id → path,
-//! rescanned when a snapshot names a cgroup it does not know and at least
-//! every [`RESCAN_MAX_AGE`] to learn which died), the path itself
+//! rescanned by [`HostCgroups::discover`] when a snapshot names a cgroup it
+//! does not know and at least every [`RESCAN_MAX_AGE`] to learn which
+//! died), the path itself
 //! ([`PodCgroup`]: pod UID and container id), and the [`PodDirectory`]
 //! (UID → names). Each can be missing something without the others failing:
 //! without the API, pods are named by UID; without a pod on the path, only
@@ -11,6 +12,7 @@
 
 use std::collections::HashSet;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -99,8 +101,12 @@ pub struct HostCgroups {
     tree: CgroupTree,
     scanned_at: Instant,
     /// Set when a limits read finds a known cgroup's directory gone: the
-    /// next [`HostCgroups::refresh_if_due`] rescans.
-    saw_one_die: Mutex<bool>,
+    /// next [`HostCgroups::discover`] rescans.
+    saw_one_die: AtomicBool,
+    /// Ids that [`HostCgroups::discover`] asked about and its last scan
+    /// could not find (dead cgroups whose counts are reported until the
+    /// source forgets them): a scan for them again would find nothing new.
+    missing_after_scan: HashSet<CgroupId>,
     limits: Mutex<LimitsCache>,
     pods: PodDirectory,
     /// Cgroups whose limits could not be read and were reported, so a
@@ -117,7 +123,8 @@ impl HostCgroups {
             fs,
             tree,
             scanned_at: Instant::now(),
-            saw_one_die: Mutex::new(false),
+            saw_one_die: AtomicBool::new(false),
+            missing_after_scan: HashSet::new(),
             limits: Mutex::new(LimitsCache::new(LIMITS_MAX_AGE)),
             pods,
             reported: Mutex::new(HashSet::new()),
@@ -129,30 +136,26 @@ impl HostCgroups {
     pub fn refresh(&mut self) -> io::Result<()> {
         self.tree = scan(&self.fs)?;
         self.scanned_at = Instant::now();
-        *self.saw_one_die.get_mut().unwrap_or_else(|p| p.into_inner()) = false;
+        *self.saw_one_die.get_mut() = false;
         let tree = &self.tree;
         self.reported.get_mut().unwrap_or_else(|p| p.into_inner()).retain(|id| tree.contains(*id));
         self.limits.get_mut().unwrap_or_else(|p| p.into_inner()).retain(|id| tree.contains(id));
         Ok(())
     }
 
-    /// Rescans when the tree is older than [`RESCAN_MAX_AGE`] or a cgroup
-    /// in it was seen to die.
-    pub fn refresh_if_due(&mut self) -> io::Result<()> {
-        let died = *self.saw_one_die.get_mut().unwrap_or_else(|p| p.into_inner());
-        if died || self.scanned_at.elapsed() >= RESCAN_MAX_AGE {
-            self.refresh()?;
-        }
-        Ok(())
-    }
-
-    /// Rescans at once when `ids` name a cgroup the tree does not know (one
-    /// born since the last scan), so that its first counts carry its name.
+    /// The one place that decides to rescan, once per tick, shown the ids
+    /// the tick's snapshot names: at once when one is unknown and was not
+    /// already missed by the last scan (a cgroup born since, so that its
+    /// first counts carry its name), and otherwise when the tree is older
+    /// than [`RESCAN_MAX_AGE`] or a cgroup in it was seen to die.
     pub fn discover(&mut self, ids: &mut dyn Iterator<Item = CgroupId>) -> io::Result<()> {
-        for id in ids {
-            if id != CgroupId::NONE && !self.tree.contains(id) {
-                return self.refresh();
-            }
+        let unknown: Vec<CgroupId> = ids.filter(|id| *id != CgroupId::NONE && !self.tree.contains(*id)).collect();
+        let born = unknown.iter().any(|id| !self.missing_after_scan.contains(id));
+        let due = *self.saw_one_die.get_mut() || self.scanned_at.elapsed() >= RESCAN_MAX_AGE;
+        if born || due {
+            self.refresh()?;
+            let tree = &self.tree;
+            self.missing_after_scan = unknown.into_iter().filter(|id| !tree.contains(*id)).collect();
         }
         Ok(())
     }
@@ -187,7 +190,7 @@ impl HostCgroups {
                 // CONFIG_BLK_DEV_THROTTLING. A missing directory: it died.
                 let alive = dir.as_path().is_dir();
                 if !alive {
-                    *self.saw_one_die.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                    self.saw_one_die.store(true, Ordering::Relaxed);
                 }
                 alive.then_some(Limits::UNLIMITED)
             }
@@ -375,12 +378,35 @@ mod tests {
         std::fs::remove_dir(&dir).unwrap();
         // Every id known: no walk, so the dead one keeps its name...
         ids.discover(&mut [app].into_iter()).unwrap();
-        ids.refresh_if_due().unwrap();
         assert!(ids.owner(app).is_some(), "no rescan while the tree is young and nothing died");
         // ...until reading its limits finds the directory gone.
         assert_eq!(ids.limits(app, Device::new(8, 0)), None);
-        ids.refresh_if_due().unwrap();
+        ids.discover(&mut [app].into_iter()).unwrap();
         assert_eq!(ids.owner(app), None);
+    }
+
+    #[test]
+    fn a_cgroup_the_last_scan_missed_costs_no_further_scan() {
+        let t = v1_host();
+        let mut ids = host(&t, CgroupVersion::V1, PodDirectory::by_hand().0);
+        let dir = t.path().join(format!("kubepods/burstable/pod{UID}/{APP}"));
+        let app = id(&dir);
+        std::fs::remove_dir(&dir).unwrap();
+        ids.refresh().unwrap();
+        // Its counts are still in the snapshot: the first time, a scan
+        // looks for it (it might have been born since).
+        let born = t.path().join("system.slice/born-first");
+        std::fs::create_dir(&born).unwrap();
+        ids.discover(&mut [app].into_iter()).unwrap();
+        assert!(ids.owner(id(&born)).is_some(), "the first ask scans");
+        // The next tick asks again: that scan missed it, so no new one.
+        let later = t.path().join("system.slice/born-later");
+        std::fs::create_dir(&later).unwrap();
+        ids.discover(&mut [app].into_iter()).unwrap();
+        assert_eq!(ids.owner(id(&later)), None, "no scan for a cgroup the last scan missed");
+        // A cgroup the tree has never seen still scans at once.
+        ids.discover(&mut [app, id(&later)].into_iter()).unwrap();
+        assert!(ids.owner(id(&later)).is_some());
     }
 
     #[test]

@@ -187,9 +187,6 @@ fn pods_status(directory: &PodDirectory) -> PodsStatus {
 fn run_sampler(shared: Arc<SidecarState>, mut sampler: Sampler, mut cgroups: HostCgroups) {
     let mut next = Instant::now();
     loop {
-        if let Err(e) = cgroups.refresh_if_due() {
-            tracing::warn!("rescanning cgroups: {e}; keeping the previous map");
-        }
         // The pods status first: publishing renders it into /metrics.
         shared.set_pods(pods_status(cgroups.pods()));
         match sampler.tick(&mut cgroups) {

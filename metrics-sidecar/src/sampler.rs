@@ -21,9 +21,9 @@ pub struct Sampler {
     previous: Option<Arc<Frame>>,
     history: History,
     network: NetworkMajors,
-    /// Cgroups the last frame could not name. A cgroup born between the
-    /// tree's rescan and the snapshot is unknown for one tick too, so its
-    /// counters are dropped only when a second rescan still misses it.
+    /// Cgroups the last frame could not name. An attribution that has not
+    /// yet learnt of a newborn cgroup leaves it unknown for one tick, so
+    /// counters are dropped only when a second tick still cannot name it.
     unknown_last_tick: BTreeSet<CgroupId>,
 }
 
@@ -46,8 +46,8 @@ impl Sampler {
             }
             None => (Vec::new(), 0.0),
         };
-        // Cgroups missed by two rescans in a row were just reported for
-        // the last time.
+        // Cgroups unknown in two ticks in a row were just reported for the
+        // last time.
         let gone: Vec<CgroupId> =
             frame.removed.iter().copied().filter(|id| self.unknown_last_tick.contains(id)).collect();
         if !gone.is_empty() {
