@@ -370,4 +370,116 @@ int BPF_PROG(block_rq_complete, struct request *rq, blk_status_t error, unsigned
 	return 0;
 }
 
+/*
+ * The wait blk-throttle imposes: no tracepoint fires before it (a held bio
+ * reaches block_bio_queue only once released), so two fentry programs
+ * bracket it. throtl_add_bio_tg queues a bio that is over its group's limit
+ * (and queues it again on each parent group it climbs to: the first time
+ * is kept); the dispatch worker releases it through
+ * submit_bio_noacct_nocheck, which every other bio passes too, so that
+ * program looks a bio up only while some bio is held (held_bios). Kernels
+ * that refuse fentry (lockdown) or lack either function load neither
+ * program: the sidecar then says the wait is unavailable.
+ */
+struct held {
+	__u64 since;
+	struct iogate_key key;
+};
+
+/* An LRU: a held bio whose release is never seen (freed on an error path)
+ * must not fill the map for good. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64); /* struct bio * */
+	__type(value, struct held);
+} held SEC(".maps");
+
+/* Bios in `held`, give or take an eviction: 0 keeps the release program to
+ * one array read on the common path. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} held_bios SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 10240);
+	__type(key, struct iogate_key);
+	__type(value, struct iogate_throttle);
+} throttle SEC(".maps");
+
+static __always_inline int bio_key(struct bio *bio, struct iogate_key *key)
+{
+	__u32 op = bio->bi_opf & REQ_OP_MASK;
+	struct gendisk *disk;
+
+	if (op == REQ_OP_READ)
+		key->dir = IOGATE_DIR_READ;
+	else if (op == REQ_OP_WRITE)
+		key->dir = IOGATE_DIR_WRITE;
+	else
+		return 0;
+	key->cgroup_id = bio->bi_blkg->blkcg->css.cgroup->kn->id;
+	disk = bio->bi_bdev->bd_disk;
+	key->dev = (__u32)disk->major << IOGATE_MINOR_BITS | (__u32)disk->first_minor;
+	return 1;
+}
+
+SEC("fentry/throtl_add_bio_tg")
+int BPF_PROG(throttle_hold, struct bio *bio)
+{
+	struct held h = {};
+	__u64 id = (__u64)bio;
+	__u32 zero = 0;
+	__u64 *n;
+
+	if (!bio_key(bio, &h.key))
+		return 0;
+	h.since = bpf_ktime_get_ns();
+	/* Fails with -EEXIST when a child group queued it first. */
+	if (bpf_map_update_elem(&held, &id, &h, BPF_NOEXIST) != 0)
+		return 0;
+	n = bpf_map_lookup_elem(&held_bios, &zero);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	return 0;
+}
+
+SEC("fentry/submit_bio_noacct_nocheck")
+int BPF_PROG(throttle_release, struct bio *bio)
+{
+	__u64 id = (__u64)bio;
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&held_bios, &zero);
+	struct iogate_throttle *t;
+	struct held *h;
+	struct iogate_key key;
+	__u64 wait;
+
+	if (!n || !*n)
+		return 0;
+	h = bpf_map_lookup_elem(&held, &id);
+	if (!h)
+		return 0;
+	wait = bpf_ktime_get_ns() - h->since;
+	key = h->key;
+	if (bpf_map_delete_elem(&held, &id) == 0 && *n > 0)
+		__sync_fetch_and_add(n, -1);
+	t = bpf_map_lookup_elem(&throttle, &key);
+	if (!t) {
+		static const struct iogate_throttle zero_t = {};
+		bpf_map_update_elem(&throttle, &key, &zero_t, BPF_NOEXIST);
+		t = bpf_map_lookup_elem(&throttle, &key);
+		if (!t)
+			return 0;
+	}
+	__sync_fetch_and_add(&t->bios, 1);
+	__sync_fetch_and_add(&t->wait_ns, wait);
+	hist_add(t->wait_hist, wait);
+	return 0;
+}
+
 char LICENSE[] SEC("license") = "GPL";

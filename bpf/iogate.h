@@ -28,4 +28,11 @@ struct iogate_stats {
 	__u64 disk_hist[IOGATE_BUCKETS];
 };
 
+/* Per key: bios blk-throttle held back, and how long (throttle_* programs). */
+struct iogate_throttle {
+	__u64 bios;
+	__u64 wait_ns;
+	__u64 wait_hist[IOGATE_BUCKETS];
+};
+
 #endif

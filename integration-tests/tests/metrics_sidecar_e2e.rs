@@ -276,6 +276,23 @@ fn a_pod_on_containerd_is_attributed_and_shown_at_its_limit_with_the_plugins_gua
     assert!(on_disk["read_iops"].as_f64().is_some_and(|r| fio::within(r, 200.0, 10.0)), "{on_disk}");
     assert_eq!(v["bottleneck"], "queue");
     assert_eq!(container["guarantee"], "limited", "the plugin's word on {container}\n{}", sidecar.log());
+    // The throttle held this pod back: its wait is measured where the
+    // kernel lets the programs in (vm_v2 checks the figure), and where it
+    // does not, /readyz says why and the fields are null, never zero.
+    let (_, ready) = sidecar.json("/readyz")?;
+    let measured = sidecar.get("/metrics")?.1.lines().any(|l| l == "iogate_sidecar_throttle_wait_measured 1");
+    if ready["throttle_wait_available"] == true {
+        assert!(measured, "/readyz and /metrics disagree");
+        assert!(pod["throttled_seconds"].as_f64().is_some_and(|s| s > 0.0), "{pod}");
+    } else {
+        let why = ready["throttle_wait_unavailable"].as_str().unwrap_or_default();
+        assert!(why.contains("blk-throttle"), "expected the reason in /readyz, found {ready}");
+        assert!(!measured, "/readyz and /metrics disagree");
+        for field in ["throttled_seconds", "throttle_wait_ns", "throttle_wait_p99_ns"] {
+            assert!(pod[field].is_null(), "expected {field} null where the wait is not measured: {pod}");
+        }
+        eprintln!("throttle wait not measured on this kernel (null, as expected): {why}");
+    }
 
     // No plugin, no word: null, never the last answer kept.
     stack.kill_plugin()?;

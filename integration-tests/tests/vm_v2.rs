@@ -200,6 +200,7 @@ fn trials() -> Result<Vec<Trial>, String> {
             // Other kernels: the eBPF program's loading and attribution (its
             // stack's start-up and the pod's limits come with it).
             out.push(per_kernel(Check::SidecarAttribution));
+            out.push(per_kernel(Check::ThrottleWait));
             continue;
         }
         // The Debian 12 node's own kernel carries the whole matrix: each
@@ -212,6 +213,7 @@ fn trials() -> Result<Vec<Trial>, String> {
         // emulation less).
         out.push(per_kernel(Check::ContainerdReady));
         out.push(per_kernel(Check::SidecarAttribution));
+        out.push(per_kernel(Check::ThrottleWait));
         for (driver, version, everything) in [
             (CgroupDriver::Systemd, Version::V2_1, true),
             (CgroupDriver::Systemd, Version::V1_7, false),

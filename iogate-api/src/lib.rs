@@ -162,6 +162,21 @@ pub struct PodMetrics {
     #[serde(default)]
     pub read_latency_p99_ns: Option<u64>,
     pub read_throughput_bps: u64,
+    /// Mean time blk-throttle held a bio of the pod back because the pod
+    /// was over its own limit, over the bios it held in the window; `null`
+    /// when it held none, or where the wait is not measured
+    /// (`throttled_seconds` null).
+    #[serde(default)]
+    pub throttle_wait_ns: Option<u64>,
+    /// The 99th percentile of that wait.
+    #[serde(default)]
+    pub throttle_wait_p99_ns: Option<u64>,
+    /// Seconds of I/O the pod spent held back by its own limit in the
+    /// window, summed over its bios (so up to the window times the pod's
+    /// queue depth). `null` where the wait is not measured (see `/readyz`'s
+    /// `throttle_wait_unavailable`), never zero for that.
+    #[serde(default)]
+    pub throttled_seconds: Option<f64>,
     #[serde(default)]
     pub timestamp: String,
     /// The window these rates are over.
@@ -249,6 +264,13 @@ pub struct ReadyResponse {
     pub ready: bool,
     #[serde(default)]
     pub source: String,
+    /// Whether pods' `throttle_wait_ns` and `throttled_seconds` are
+    /// measured.
+    #[serde(default)]
+    pub throttle_wait_available: bool,
+    /// Why not, where they are not.
+    #[serde(default)]
+    pub throttle_wait_unavailable: Option<String>,
 }
 
 /// Where pod names come from.
@@ -288,6 +310,9 @@ mod tests {
             write_throughput_bps: 8192,
             queue_latency_ns: None,
             disk_latency_ns: None,
+            throttle_wait_ns: Some(313_000_000),
+            throttle_wait_p99_ns: Some(330_000_000),
+            throttled_seconds: Some(9.7),
             timestamp: "1970-01-01T00:00:00Z".into(),
             pod_uid: Some("u-1".into()),
             kind: KIND_POD.into(),

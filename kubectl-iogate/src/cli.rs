@@ -37,6 +37,8 @@ Without --endpoint the sidecars are reached through the API server's pod proxy
 (needs get on pods/proxy in the sidecar namespace, list on pods).
 P99 and BOTTLENECK are the pod's: the sidecar measures latency per pod.
 LIMIT is the io.max knob the container is closest to, with its usage.
+LIMIT WAIT is the share of the pod's I/O time spent held back by its own limit
+(n/a where the node's kernel does not let the sidecar time the throttle).
 Exit status: 0 shown, 1 no sidecar answered (or no cluster), 2 usage error.";
 
 const DEFAULT_LIMIT: usize = 20;

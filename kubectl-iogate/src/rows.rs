@@ -156,6 +156,9 @@ pub struct Row {
     pub limit: LimitCell,
     /// The NRI plugin's word on the limits, as the sidecar passed it on.
     pub guarantee: Option<Guarantee>,
+    /// The pod's share of its I/O time spent held back by its own limit
+    /// (0..=1); `None` where the node does not measure the wait.
+    pub limit_wait: Option<f64>,
     pub bottleneck: Option<String>,
 }
 
@@ -196,6 +199,7 @@ fn pod_rows(entry: &PodEntry, workload: Workload) -> Vec<Row> {
         write_p99_ns: pod.write_latency_p99_ns,
         limit: LimitCell::Unknown,
         guarantee: None,
+        limit_wait: limit_wait(pod),
         bottleneck: entry.bottleneck.clone(),
     };
     if pod.containers.is_empty() {
@@ -217,6 +221,19 @@ fn pod_rows(entry: &PodEntry, workload: Workload) -> Vec<Row> {
             }
         })
         .collect()
+}
+
+/// Of the pod's I/O time in the window, the share it spent held back by its
+/// own limit: the throttle's wait against that wait plus its requests' own
+/// time in the queue and on the device. Per I/O, not per second: a pod at
+/// iodepth 32 waits 32 seconds a second.
+fn limit_wait(pod: &PodMetrics) -> Option<f64> {
+    let held = pod.throttled_seconds?;
+    let busy = |iops: u64, latency_ns: Option<u64>| iops as f64 * latency_ns.unwrap_or(0) as f64 / 1e9;
+    let served =
+        (busy(pod.read_iops, pod.read_latency_ns) + busy(pod.write_iops, pod.write_latency_ns)) * pod.window_seconds;
+    let total = held + served;
+    Some(if total > 0.0 { held / total } else { 0.0 })
 }
 
 /// The knob, over all the container's devices, that its usage comes closest

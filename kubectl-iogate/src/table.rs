@@ -5,7 +5,7 @@
 
 use crate::rows::Row;
 
-const FLAT_HEADERS: [(&str, Align); 12] = [
+const FLAT_HEADERS: [(&str, Align); 13] = [
     ("NAMESPACE", Align::Left),
     ("WORKLOAD", Align::Left),
     ("POD", Align::Left),
@@ -17,10 +17,11 @@ const FLAT_HEADERS: [(&str, Align); 12] = [
     ("P99 R ms", Align::Right),
     ("P99 W ms", Align::Right),
     ("LIMIT", Align::Left),
+    ("LIMIT WAIT", Align::Right),
     ("BOTTLENECK", Align::Left),
 ];
 
-const TREE_HEADERS: [(&str, Align); 9] = [
+const TREE_HEADERS: [(&str, Align); 10] = [
     ("NAME", Align::Left),
     ("R IOPS", Align::Right),
     ("W IOPS", Align::Right),
@@ -29,6 +30,7 @@ const TREE_HEADERS: [(&str, Align); 9] = [
     ("P99 R ms", Align::Right),
     ("P99 W ms", Align::Right),
     ("LIMIT", Align::Left),
+    ("LIMIT WAIT", Align::Right),
     ("BOTTLENECK", Align::Left),
 ];
 
@@ -74,6 +76,7 @@ pub fn render_flat(rows: &[Row]) -> String {
             line.extend(rates(r));
             line.extend(latencies(r));
             line.push(limit(r));
+            line.push(limit_wait(r));
             line.push(bottleneck(r));
             line
         })
@@ -94,12 +97,12 @@ pub fn render_tree(rows: &[Row]) -> String {
                 let first = &containers[0];
                 let mut line = vec![indented(&pod, 2), String::new(), String::new(), String::new(), String::new()];
                 line.extend(latencies(first));
-                line.extend([String::new(), bottleneck(first)]);
+                line.extend([String::new(), limit_wait(first), bottleneck(first)]);
                 cells.push(line);
                 for r in &containers {
                     let mut line = vec![indented(&r.container, 3)];
                     line.extend(rates(r));
-                    line.extend([String::new(), String::new(), limit(r), String::new()]);
+                    line.extend([String::new(), String::new(), limit(r), String::new(), String::new()]);
                     cells.push(line);
                 }
             }
@@ -145,6 +148,11 @@ fn limit(r: &Row) -> String {
         Some(g) if g.is_broken() => format!("{BROKEN} {}", r.limit),
         _ => r.limit.to_string(),
     }
+}
+
+/// `n/a` where the node does not measure the throttle's wait.
+fn limit_wait(r: &Row) -> String {
+    r.limit_wait.map(|share| format!("{:.0}%", share * 100.0)).unwrap_or_else(|| "n/a".to_string())
 }
 
 fn bottleneck(r: &Row) -> String {
@@ -200,11 +208,11 @@ mod tests {
     fn flat_table_from_canned_responses() {
         let rows = canned_rows(SortKey::Latency);
         let want = "\
-NAMESPACE   WORKLOAD        POD                    CONTAINER   R IOPS   W IOPS   R MB/s   W MB/s   P99 R ms   P99 W ms   LIMIT           BOTTLENECK
-db          sts/pg*         pg-0                   exporter         0       20      0.0      1.0       1.80       5.20   ! -             disk
-db          sts/pg*         pg-0                   postgres        40      200      0.3      8.4       1.80       5.20   10Mi wbps 80%   disk
-shop        deploy/web*     web-7d9f8b6c5d-x2kq9   app            145        3      0.6      0.0       0.33       0.21   150 riops 97%   queue
-ops         pod/backup-x*   backup-x               restic         900        0     94.4      0.0        n/a        n/a   -               unknown
+NAMESPACE   WORKLOAD        POD                    CONTAINER   R IOPS   W IOPS   R MB/s   W MB/s   P99 R ms   P99 W ms   LIMIT           LIMIT WAIT   BOTTLENECK
+db          sts/pg*         pg-0                   exporter         0       20      0.0      1.0       1.80       5.20   ! -                     0%   disk
+db          sts/pg*         pg-0                   postgres        40      200      0.3      8.4       1.80       5.20   10Mi wbps 80%           0%   disk
+shop        deploy/web*     web-7d9f8b6c5d-x2kq9   app            145        3      0.6      0.0       0.33       0.21   150 riops 97%          87%   queue
+ops         pod/backup-x*   backup-x               restic         900        0     94.4      0.0        n/a        n/a   -                      n/a   unknown
 ";
         assert_eq!(render_flat(&rows), want);
         assert_eq!(
@@ -221,19 +229,19 @@ ops         pod/backup-x*   backup-x               restic         900        0  
     fn tree_groups_by_namespace_workload_pod_container() {
         let rows = canned_rows(SortKey::Iops);
         let want = "\
-NAME                       R IOPS   W IOPS   R MB/s   W MB/s   P99 R ms   P99 W ms   LIMIT           BOTTLENECK
+NAME                       R IOPS   W IOPS   R MB/s   W MB/s   P99 R ms   P99 W ms   LIMIT           LIMIT WAIT   BOTTLENECK
 ops
   pod/backup-x*
-    backup-x                                                        n/a        n/a                   unknown
+    backup-x                                                        n/a        n/a                          n/a   unknown
       restic                  900        0     94.4      0.0                         -
 db
   sts/pg*
-    pg-0                                                           1.80       5.20                   disk
+    pg-0                                                           1.80       5.20                           0%   disk
       postgres                 40      200      0.3      8.4                         10Mi wbps 80%
       exporter                  0       20      0.0      1.0                         ! -
 shop
   deploy/web*
-    web-7d9f8b6c5d-x2kq9                                           0.33       0.21                   queue
+    web-7d9f8b6c5d-x2kq9                                           0.33       0.21                          87%   queue
       app                     145        3      0.6      0.0                         150 riops 97%
 ";
         assert_eq!(render_tree(&rows), want);

@@ -65,10 +65,10 @@ async fn library_path_merges_two_sidecars_and_renders_the_table() {
     );
     // Latency order; --limit 3 drops the degraded node's pod, which has none.
     let want = "\
-NAMESPACE   WORKLOAD      POD                    CONTAINER   R IOPS   W IOPS   R MB/s   W MB/s   P99 R ms   P99 W ms   LIMIT           BOTTLENECK
-db          sts/pg*       pg-0                   exporter         0       20      0.0      1.0       1.80       5.20   ! -             disk
-db          sts/pg*       pg-0                   postgres        40      200      0.3      8.4       1.80       5.20   10Mi wbps 80%   disk
-shop        deploy/web*   web-7d9f8b6c5d-x2kq9   app            145        3      0.6      0.0       0.33       0.21   150 riops 97%   queue
+NAMESPACE   WORKLOAD      POD                    CONTAINER   R IOPS   W IOPS   R MB/s   W MB/s   P99 R ms   P99 W ms   LIMIT           LIMIT WAIT   BOTTLENECK
+db          sts/pg*       pg-0                   exporter         0       20      0.0      1.0       1.80       5.20   ! -                     0%   disk
+db          sts/pg*       pg-0                   postgres        40      200      0.3      8.4       1.80       5.20   10Mi wbps 80%           0%   disk
+shop        deploy/web*   web-7d9f8b6c5d-x2kq9   app            145        3      0.6      0.0       0.33       0.21   150 riops 97%          87%   queue
 ";
     assert_eq!(out.table, want);
 }
@@ -101,10 +101,10 @@ async fn binary_shows_the_answering_sidecars_and_warns_about_the_others() {
     assert_eq!(warnings[1], format!("warning: {wrong_path}: HTTP 404: no such path"));
     assert!(stderr.contains(&format!("latency unavailable on {b}")), "{stderr}");
     let want = "\
-NAME             R IOPS   W IOPS   R MB/s   W MB/s   P99 R ms   P99 W ms   LIMIT           BOTTLENECK
+NAME             R IOPS   W IOPS   R MB/s   W MB/s   P99 R ms   P99 W ms   LIMIT           LIMIT WAIT   BOTTLENECK
 db
   sts/pg*
-    pg-0                                                 1.80       5.20                   disk
+    pg-0                                                 1.80       5.20                           0%   disk
       postgres       40      200      0.3      8.4                         10Mi wbps 80%
       exporter        0       20      0.0      1.0                         ! -
 ";

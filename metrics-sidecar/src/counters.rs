@@ -133,6 +133,13 @@ pub struct IoCounters {
     pub total_hist: Log2Histogram,
     pub queue_hist: Log2Histogram,
     pub disk_hist: Log2Histogram,
+    /// Bios blk-throttle held back because the cgroup was over its limit
+    /// on the device, counted when released (eBPF on kernels that allow
+    /// fentry, see [`CounterSource::throttle_wait`]).
+    pub throttled_ios: u64,
+    /// Sum of their waits, queued by the throttle → released.
+    pub throttle_wait_ns: u64,
+    pub throttle_hist: Log2Histogram,
 }
 
 impl IoCounters {
@@ -147,6 +154,9 @@ impl IoCounters {
             total_hist: self.total_hist.since(&earlier.total_hist),
             queue_hist: self.queue_hist.since(&earlier.queue_hist),
             disk_hist: self.disk_hist.since(&earlier.disk_hist),
+            throttled_ios: self.throttled_ios.saturating_sub(earlier.throttled_ios),
+            throttle_wait_ns: self.throttle_wait_ns.saturating_sub(earlier.throttle_wait_ns),
+            throttle_hist: self.throttle_hist.since(&earlier.throttle_hist),
         }
     }
 
@@ -156,10 +166,13 @@ impl IoCounters {
         self.queued_ops += other.queued_ops;
         self.queue_ns += other.queue_ns;
         self.disk_ns += other.disk_ns;
+        self.throttled_ios += other.throttled_ios;
+        self.throttle_wait_ns += other.throttle_wait_ns;
         for i in 0..BUCKETS {
             self.total_hist.0[i] += other.total_hist.0[i];
             self.queue_hist.0[i] += other.queue_hist.0[i];
             self.disk_hist.0[i] += other.disk_hist.0[i];
+            self.throttle_hist.0[i] += other.throttle_hist.0[i];
         }
     }
 }
@@ -205,6 +218,12 @@ pub trait CounterSource: Send {
     /// only (the statistics fallback) keep nothing, hence the default.
     fn forget(&mut self, _removed: &[CgroupId]) -> anyhow::Result<()> {
         Ok(())
+    }
+    /// Whether the snapshots carry blk-throttle's wait
+    /// ([`IoCounters::throttle_wait_ns`]); `Err` says why not. The cgroup
+    /// statistics have no per-I/O wait, hence the default.
+    fn throttle_wait(&self) -> Result<(), String> {
+        Err("the cgroup statistics do not time the throttle's wait; it needs the eBPF source".into())
     }
 }
 

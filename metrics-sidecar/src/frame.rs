@@ -39,6 +39,9 @@ pub struct Frame {
     /// `cgroup = "(removed) <id>"`) until the source forgets them, when a
     /// second tick cannot name them either.
     pub removed: Vec<CgroupId>,
+    /// The counters hold blk-throttle's wait (the source measures it; see
+    /// `CounterSource::throttle_wait`). Set by the sampler.
+    pub throttle_wait: bool,
 }
 
 impl Frame {
@@ -82,7 +85,7 @@ impl Frame {
             (&a.owner.cgroup, a.device, a.direction, a.cgroup).cmp(&(&b.owner.cgroup, b.device, b.direction, b.cgroup))
         });
         removed.sort();
-        Frame { taken_at: snapshot.taken_at, wall, source: snapshot.source, series, removed }
+        Frame { taken_at: snapshot.taken_at, wall, source: snapshot.source, series, removed, throttle_wait: false }
     }
 
     /// Marks each series below a stacked device the same cgroup has used

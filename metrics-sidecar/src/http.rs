@@ -176,6 +176,8 @@ async fn ready(State(shared): State<Arc<SidecarState>>) -> Response {
         latency_available: shared.source.has_latency(),
         degraded,
         pods: shared.pods(),
+        throttle_wait_available: shared.throttle_wait_error.is_none(),
+        throttle_wait_unavailable: shared.throttle_wait_error.clone(),
     };
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()

@@ -216,11 +216,18 @@ async fn run(args: Args) -> Result<()> {
     let fs = CgroupFs::detect(args.cgroup_mode).context("finding the cgroup hierarchy with the io controller")?;
     let (source, ebpf_error) = choose_source(args.source, &fs)?;
     let kind = source.kind();
+    let throttle_wait = source.throttle_wait();
+    match &throttle_wait {
+        Ok(()) => tracing::info!("timing blk-throttle's wait per bio (throttle_wait_ns, throttled_seconds)"),
+        Err(why) => tracing::warn!("throttle wait unavailable, its fields are null: {why}"),
+    }
     let directory = pod_directory(&args).await;
     let root = fs.mount.clone();
     let cgroups = HostCgroups::new(fs, directory.clone())
         .with_context(|| format!("scanning the cgroup hierarchy at {}", root.display()))?;
-    let shared = Arc::new(SidecarState::new(args.interval, kind, ebpf_error, pods_status(&directory)));
+    let shared = Arc::new(
+        SidecarState::new(args.interval, kind, ebpf_error, pods_status(&directory)).with_throttle_wait(throttle_wait),
+    );
     let sampler = Sampler::new(source, NetworkMajors::load());
     {
         let shared = shared.clone();

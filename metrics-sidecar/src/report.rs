@@ -78,6 +78,9 @@ fn pod_metrics(group: &GroupUsage, window: &Window) -> PodMetrics {
         write_latency_p50_ns: quantile(&group.write.total_hist, 0.50, available),
         write_latency_p95_ns: quantile(&group.write.total_hist, 0.95, available),
         write_latency_p99_ns: quantile(&group.write.total_hist, 0.99, available),
+        throttle_wait_ns: if window.throttle_wait { mean(both.throttle_wait_ns, both.throttled_ios) } else { None },
+        throttle_wait_p99_ns: quantile(&both.throttle_hist, 0.99, window.throttle_wait),
+        throttled_seconds: window.throttle_wait.then(|| both.throttle_wait_ns as f64 / 1e9),
         window_seconds: window.seconds,
         containers: group
             .containers
@@ -224,6 +227,29 @@ mod tests {
         assert_eq!(a[0].bottleneck, Bottleneck::Unknown);
         let json = serde_json::to_value(m).unwrap();
         assert!(json["read_latency_ns"].is_null());
+    }
+
+    #[test]
+    fn the_throttle_wait_is_null_where_unmeasured_and_a_mean_where_measured() {
+        let mut history = History::default();
+        let mut w = window(SourceKind::Ebpf);
+        let m = &assess(&w, &mut history, &NetworkMajors::default())[0].metrics;
+        assert_eq!((m.throttled_seconds, m.throttle_wait_ns, m.throttle_wait_p99_ns), (None, None, None));
+        assert!(serde_json::to_value(m).unwrap()["throttled_seconds"].is_null(), "unmeasured is null, not 0");
+
+        w.throttle_wait = true;
+        let m = &assess(&w, &mut history, &NetworkMajors::default())[0].metrics;
+        assert_eq!((m.throttled_seconds, m.throttle_wait_ns), (Some(0.0), None), "measured, and none held");
+
+        let read = &mut w.groups[0].read;
+        read.throttled_ios = 4;
+        read.throttle_wait_ns = 4 * 300_000_000;
+        for _ in 0..4 {
+            read.throttle_hist.record(300_000_000);
+        }
+        let m = &assess(&w, &mut history, &NetworkMajors::default())[0].metrics;
+        assert_eq!((m.throttled_seconds, m.throttle_wait_ns), (Some(1.2), Some(300_000_000)));
+        assert!((268_435_456..536_870_912).contains(&m.throttle_wait_p99_ns.unwrap()));
     }
 
     #[test]

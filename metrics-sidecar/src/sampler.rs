@@ -37,6 +37,7 @@ impl Sampler {
             self.source.snapshot().with_context(|| format!("reading the {} counters", self.source.kind().name()))?;
         who.discover(&mut snapshot.counters.keys().map(|key| key.cgroup));
         let mut frame = Frame::attribute(snapshot, SystemTime::now(), who);
+        frame.throttle_wait = self.source.throttle_wait().is_ok();
         let stacking = Stacking::load();
         frame.mark_layers(&stacking);
         let (assessed, window_seconds) = match &self.previous {

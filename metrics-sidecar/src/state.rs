@@ -56,6 +56,8 @@ pub struct SidecarState {
     pub source: SourceKind,
     /// Why eBPF is not in use (`None` when it is).
     pub ebpf_error: Option<String>,
+    /// Why blk-throttle's wait is not measured (`None` when it is).
+    pub throttle_wait_error: Option<String>,
     current: ArcSwap<Tick>,
     pub pods: RwLock<PodsStatus>,
     /// The NRI plugin's latest word on each container.
@@ -69,10 +71,18 @@ impl SidecarState {
             interval,
             source,
             ebpf_error,
+            throttle_wait_error: Some("not reported by the counter source".into()),
             current: ArcSwap::from_pointee(first),
             pods: RwLock::new(pods),
             guarantee: GuaranteeBoard::default(),
         }
+    }
+
+    /// Whether the source measures blk-throttle's wait
+    /// (`CounterSource::throttle_wait`).
+    pub fn with_throttle_wait(mut self, measured: Result<(), String>) -> SidecarState {
+        self.throttle_wait_error = measured.err();
+        self
     }
 
     /// The last tick's results; a handler keeps them whole for as long as

@@ -73,6 +73,8 @@ pub struct Window {
     pub seconds: f64,
     pub ended: SystemTime,
     pub source: SourceKind,
+    /// The counters hold blk-throttle's wait ([`Frame::throttle_wait`]).
+    pub throttle_wait: bool,
     pub groups: Vec<GroupUsage>,
 }
 
@@ -140,6 +142,7 @@ impl Window {
             seconds: later.taken_at.saturating_duration_since(earlier.taken_at).as_secs_f64(),
             ended: later.wall,
             source: later.source,
+            throttle_wait: later.throttle_wait,
             groups,
         }
     }

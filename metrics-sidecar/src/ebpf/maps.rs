@@ -10,6 +10,8 @@ use crate::counters::{CgroupId, Direction, IoCounters, IoKey, Log2Histogram, BUC
 pub const STATS_MAP: &str = "stats";
 /// Name of the per-CPU count of requests the program could not track.
 pub const UNTRACKED_MAP: &str = "untracked";
+/// Name of the per-key throttle-wait map (same keys as [`STATS_MAP`]).
+pub const THROTTLE_MAP: &str = "throttle";
 
 /// `IOGATE_MINOR_BITS`: the kernel's `MKDEV` packing.
 const MINOR_BITS: u32 = 20;
@@ -37,15 +39,26 @@ pub struct RawStats {
     pub disk_hist: [u64; BUCKETS],
 }
 
+/// `struct iogate_throttle`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct RawThrottle {
+    pub bios: u64,
+    pub wait_ns: u64,
+    pub wait_hist: [u64; BUCKETS],
+}
+
 // The C side is plain integers with no padding; a size change means the two
 // definitions drifted apart.
 const _: () = assert!(std::mem::size_of::<RawKey>() == 16);
 const _: () = assert!(std::mem::size_of::<RawStats>() == 8 * (5 + 3 * BUCKETS));
+const _: () = assert!(std::mem::size_of::<RawThrottle>() == 8 * (2 + BUCKETS));
 
 // SAFETY: both are repr(C), made only of integers, with no padding (asserted
 // above), so every bit pattern is a valid value.
 unsafe impl aya::Pod for RawKey {}
 unsafe impl aya::Pod for RawStats {}
+unsafe impl aya::Pod for RawThrottle {}
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("expected a stats key with direction 0 (read) or 1 (write), found {0:?}")]
@@ -74,6 +87,18 @@ impl RawStats {
             total_hist: Log2Histogram(self.total_hist),
             queue_hist: Log2Histogram(self.queue_hist),
             disk_hist: Log2Histogram(self.disk_hist),
+            ..IoCounters::default()
+        }
+    }
+}
+
+impl RawThrottle {
+    /// Adds the throttle's wait to `counters`.
+    pub fn add_to(&self, counters: &mut IoCounters) {
+        counters.throttled_ios += self.bios;
+        counters.throttle_wait_ns += self.wait_ns;
+        for (sum, n) in counters.throttle_hist.0.iter_mut().zip(self.wait_hist) {
+            *sum += n;
         }
     }
 }
@@ -114,5 +139,17 @@ mod tests {
         assert_eq!(c.total_hist.0[BUCKETS - 1], 1);
         assert_eq!(c.queue_hist.0[7], 2);
         assert_eq!(c.disk_hist.count(), 3);
+        assert_eq!((c.throttled_ios, c.throttle_wait_ns), (0, 0), "the stats map knows no throttle");
+    }
+
+    #[test]
+    fn throttle_waits_add_to_the_keys_counters() {
+        let mut raw = RawThrottle { bios: 2, wait_ns: 600_000_000, wait_hist: [0; BUCKETS] };
+        raw.wait_hist[Log2Histogram::bucket_of(300_000_000)] = 2;
+        let mut c = IoCounters { ops: 5, ..Default::default() };
+        raw.add_to(&mut c);
+        raw.add_to(&mut c);
+        assert_eq!((c.ops, c.throttled_ios, c.throttle_wait_ns), (5, 4, 1_200_000_000));
+        assert_eq!(c.throttle_hist.0[28], 4);
     }
 }

@@ -13,9 +13,9 @@ use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::counters::{CgroupId, CounterSource, IoCounters, IoKey, Snapshot, SourceKind};
-use maps::{RawKey, RawStats, STATS_MAP, UNTRACKED_MAP};
-use probe::Probes;
-pub use probe::{ProbeError, Tracepoint};
+use maps::{RawKey, RawStats, RawThrottle, STATS_MAP, THROTTLE_MAP, UNTRACKED_MAP};
+pub use probe::{ProbeError, ThrottleHook, Tracepoint};
+use probe::{Probes, ThrottleProbes};
 
 /// The program `build.rs` compiled, or why this build has none (a stub
 /// build, made without the eBPF toolchain).
@@ -70,6 +70,8 @@ const OWN_ISSUE_STAMPS: &str = "own_issue_stamps";
 pub struct EbpfSource {
     ebpf: Ebpf,
     probes: Probes,
+    /// The throttle-wait programs, or why this kernel runs without them.
+    throttle: Result<ThrottleProbes, String>,
     run_stats_fd: Option<OwnedFd>,
 }
 
@@ -102,8 +104,23 @@ impl EbpfSource {
             .context("loading the eBPF object (maps and relocations)")?;
         let btf = Btf::from_sys_fs().with_context(|| format!("reading kernel BTF from {KERNEL_BTF}"))?;
         let mut probes = Probes::load(&mut ebpf, &btf)?;
+        // Optional: the request counters do not depend on them.
+        let throttle = ThrottleProbes::load(&mut ebpf, &btf).map_err(|e| throttle_refused(&e));
+        drop(btf);
         probes.attach(&mut ebpf)?;
-        Ok(EbpfSource { ebpf, probes, run_stats_fd: None })
+        let mut source = EbpfSource { ebpf, probes, throttle, run_stats_fd: None };
+        source.attach_throttle();
+        Ok(source)
+    }
+
+    /// Attaches the throttle-wait programs if they loaded; a refusal makes
+    /// the wait unavailable, with the reason, rather than the source fail.
+    fn attach_throttle(&mut self) {
+        if let Ok(t) = &mut self.throttle {
+            if let Err(e) = t.attach(&mut self.ebpf) {
+                self.throttle = Err(throttle_refused(&e));
+            }
+        }
     }
 
     pub fn is_attached(&self) -> bool {
@@ -113,12 +130,17 @@ impl EbpfSource {
     /// Attaches the programs again after [`EbpfSource::detach`]; a no-op
     /// when attached. Requests in flight at that moment are not counted.
     pub fn attach(&mut self) -> Result<()> {
-        Ok(self.probes.attach(&mut self.ebpf)?)
+        self.probes.attach(&mut self.ebpf)?;
+        self.attach_throttle();
+        Ok(())
     }
 
     /// Stops counting (the block layer runs without the programs); the
     /// counters so far stay readable.
     pub fn detach(&mut self) -> Result<()> {
+        if let Ok(t) = &mut self.throttle {
+            t.detach(&mut self.ebpf)?;
+        }
         Ok(self.probes.detach(&mut self.ebpf)?)
     }
 
@@ -132,15 +154,27 @@ impl EbpfSource {
         Ok(())
     }
 
-    /// Run count and run time summed over the three programs; `None` when
-    /// the kernel is not collecting them or a program's info is unreadable.
+    /// Run count and run time summed over the three request programs;
+    /// `None` when the kernel is not collecting them or a program's info is
+    /// unreadable.
     pub fn run_stats(&self) -> Option<RunStats> {
+        self.run_stats_of(Tracepoint::ALL.map(Tracepoint::name))
+    }
+
+    /// The same for the two throttle-wait programs, which run per bio
+    /// rather than per request; `None` also where they are not attached.
+    pub fn throttle_run_stats(&self) -> Option<RunStats> {
+        self.throttle.as_ref().ok().filter(|t| t.is_attached())?;
+        self.run_stats_of(ThrottleHook::ALL.map(ThrottleHook::name))
+    }
+
+    fn run_stats_of<const N: usize>(&self, programs: [&str; N]) -> Option<RunStats> {
         if self.run_stats_fd.is_none() && !kernel_stats_enabled() {
             return None;
         }
         let mut total = RunStats::default();
-        for tp in Tracepoint::ALL {
-            let info = self.ebpf.program(tp.name())?.info().ok()?;
+        for name in programs {
+            let info = self.ebpf.program(name)?.info().ok()?;
             total.run_count += info.run_count();
             total.run_time_ns += info.run_time().as_nanos() as u64;
         }
@@ -151,7 +185,29 @@ impl EbpfSource {
     /// room for live ones. Returns how many entries were removed.
     pub fn forget(&mut self, cgroups: &[CgroupId]) -> Result<usize> {
         let gone: HashSet<u64> = cgroups.iter().map(|c| c.0).collect();
-        self.remove_where(|key, _| gone.contains(&key.cgroup_id))
+        let removed = self.remove_where(|key, _| gone.contains(&key.cgroup_id))?;
+        self.forget_throttle(&gone)?;
+        Ok(removed)
+    }
+
+    fn throttle_map(&mut self) -> Result<BpfHashMap<&mut MapData, RawKey, RawThrottle>> {
+        let map = self
+            .ebpf
+            .map_mut(THROTTLE_MAP)
+            .with_context(|| format!("expected map {THROTTLE_MAP} in the eBPF object"))?;
+        BpfHashMap::try_from(map).with_context(|| format!("opening map {THROTTLE_MAP} as a hash of key to wait"))
+    }
+
+    fn forget_throttle(&mut self, gone: &HashSet<u64>) -> Result<()> {
+        let mut map = self.throttle_map()?;
+        let keys: Vec<RawKey> = map.keys().filter_map(|k| k.ok()).filter(|k| gone.contains(&k.cgroup_id)).collect();
+        for key in keys {
+            match map.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {key:?} from map {THROTTLE_MAP}")),
+            }
+        }
+        Ok(())
     }
 
     /// Requests issued since load that the program could not follow to
@@ -205,6 +261,10 @@ impl CounterSource for EbpfSource {
         EbpfSource::forget(self, removed).map(|_| ())
     }
 
+    fn throttle_wait(&self) -> Result<(), String> {
+        self.throttle.as_ref().map(|_| ()).map_err(Clone::clone)
+    }
+
     fn snapshot(&mut self) -> Result<Snapshot> {
         let map = self.stats_map()?;
         let mut counters: HashMap<IoKey, IoCounters> = HashMap::new();
@@ -219,8 +279,37 @@ impl CounterSource for EbpfSource {
             let key = raw_key.to_io_key().context("reading map stats")?;
             counters.entry(key).or_default().add(&raw_stats.counters());
         }
+        if self.throttle.is_ok() {
+            let map = self.throttle_map()?;
+            for entry in map.iter() {
+                let (raw_key, raw) = match entry {
+                    Ok(kv) => kv,
+                    Err(MapError::KeyNotFound) => continue,
+                    Err(e) => return Err(e).with_context(|| format!("reading map {THROTTLE_MAP}")),
+                };
+                let key = raw_key.to_io_key().with_context(|| format!("reading map {THROTTLE_MAP}"))?;
+                raw.add_to(counters.entry(key).or_default());
+            }
+        }
         Ok(Snapshot { taken_at, source: SourceKind::Ebpf, counters })
     }
+}
+
+/// Why the throttle-wait programs are not in use, in the words `/readyz`
+/// shows.
+fn throttle_refused(e: &ProbeError) -> String {
+    // A verifier's refusal carries its whole log: the first lines say why.
+    let mut why: String = e.to_string().lines().take(3).collect::<Vec<_>>().join(" ");
+    // The syscall's errno (EPERM under lockdown) is the program error's
+    // own source, which its message leaves out.
+    let errno = std::error::Error::source(e).and_then(std::error::Error::source);
+    if let Some(errno) = errno {
+        why = format!("{}: {errno}", why.trim_end_matches([' ', ':']));
+    }
+    format!(
+        "this kernel does not let tracing programs enter blk-throttle ({why}); a locked-down kernel (see dmesg) \
+         refuses fentry"
+    )
 }
 
 /// Where the kernel publishes its own BTF (`Btf::from_sys_fs` reads it).

@@ -2,13 +2,15 @@
 //! fallback says why not), and a pod's I/O is charged to the pod, counted
 //! within 5% of what fio did.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::notes::Notes;
 use super::policy::limits;
+use crate::cri_client::PodSpec;
 use crate::fio::{read_json, Job, Rw};
 use crate::sidecar::{sum, Sidecar};
-use crate::stack::{Stack, DATA_IN_CONTAINER};
+use crate::stack::{Running, Stack, DATA_IN_CONTAINER};
 
 pub fn pod_attributed(stack: &mut Stack, notes: &mut Notes) {
     // The default source: eBPF where it loads, the cgroup statistics where
@@ -34,23 +36,9 @@ pub fn pod_attributed(stack: &mut Stack, notes: &mut Notes) {
         sum(&m, "iogate_io_requests_total", &[("pod", &spec.uid), ("device", &device), ("direction", "read")])
     };
     let before = counted(&sidecar);
-    // The container stays up after fio: the sidecar forgets a cgroup once
-    // it is gone, and the count is read from the live one.
-    let fio = job.command(DATA_IN_CONTAINER).join(" ");
-    let script = format!(
-        "{fio}; echo $? > {DATA_IN_CONTAINER}/fio.rc.new && mv {DATA_IN_CONTAINER}/fio.rc.new {DATA_IN_CONTAINER}/fio.rc; exec sleep 600"
-    );
-    let run = stack.run(&spec, "fio", vec!["/bin/sh".into(), "-c".into(), script], &data).unwrap();
+    let run = run_fio_and_stay(stack, &spec, job.command(DATA_IN_CONTAINER), &data);
     assert_eq!(stack.limits_of(run.pid).unwrap(), limits(100, 100));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let rc = loop {
-        if let Ok(rc) = std::fs::read_to_string(data.join("fio.rc")) {
-            break rc;
-        }
-        assert!(Instant::now() < deadline, "fio did not finish within 120 s: {}", stack.cri().logs(&run.pod, "fio"));
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(rc.trim(), "0", "fio failed: {}", stack.cri().logs(&run.pod, "fio"));
+    wait_for_fio(stack, &run, &data, Duration::from_secs(120));
     sidecar.wait_windows(2);
     let seen = counted(&sidecar) - before;
     let fio = read_json(&data.join("fio.json")).unwrap();
@@ -62,4 +50,32 @@ pub fn pod_attributed(stack: &mut Stack, notes: &mut Notes) {
     ));
     assert!(did > 0.0, "fio did no reads");
     assert!((seen - did).abs() <= did * 0.05, "the sidecar counted {seen} reads for the pod, fio did {did}");
+}
+
+/// Runs `fio` (a command line) in a container of `spec` that stays up after
+/// fio ends, with fio's exit code in `fio.rc` on the data disk: the sidecar
+/// forgets a cgroup once it is gone, and counts are read from the live one.
+pub(super) fn run_fio_and_stay(stack: &mut Stack, spec: &PodSpec, fio: Vec<String>, data: &Path) -> Running {
+    let fio = fio.join(" ");
+    let script = format!(
+        "{fio}; echo $? > {DATA_IN_CONTAINER}/fio.rc.new && mv {DATA_IN_CONTAINER}/fio.rc.new {DATA_IN_CONTAINER}/fio.rc; exec sleep 600"
+    );
+    stack.run(spec, "fio", vec!["/bin/sh".into(), "-c".into(), script], data).unwrap()
+}
+
+/// Waits for [`run_fio_and_stay`]'s fio to end, and asserts it succeeded.
+pub(super) fn wait_for_fio(stack: &mut Stack, run: &Running, data: &Path, within: Duration) {
+    let deadline = Instant::now() + within;
+    let rc = loop {
+        if let Ok(rc) = std::fs::read_to_string(data.join("fio.rc")) {
+            break rc;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fio did not finish within {within:?}: {}",
+            stack.cri().logs(&run.pod, "fio")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(rc.trim(), "0", "fio failed: {}", stack.cri().logs(&run.pod, "fio"));
 }

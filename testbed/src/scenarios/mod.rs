@@ -12,6 +12,7 @@ pub mod guarantee;
 pub mod holding;
 mod notes;
 pub mod policy;
+pub mod throttle_wait;
 pub mod writeback;
 
 use std::fmt;
@@ -47,6 +48,9 @@ pub enum Check {
     /// The metrics sidecar's eBPF program loads on this kernel and charges
     /// a pod's I/O to the pod ([`attribution`]).
     SidecarAttribution,
+    /// A pod held to 100 IOPS at iodepth 32: the sidecar's throttle wait
+    /// within 20 % of fio's extra latency ([`throttle_wait`]).
+    ThrottleWait,
     /// Two disks, the first disappears: the hook's failure is reported,
     /// counted and repaired at start ([`guarantee::hook_failure_repaired`]).
     /// Takes the disk away: the stack is discarded after it.
@@ -82,6 +86,7 @@ impl Check {
             Check::LimitsHold => "limits_survive_daemon_reload_and_containerd_restart",
             Check::SeveralDevices => "several_devices_limited_through_the_hook",
             Check::SidecarAttribution => "sidecar_attributes_a_pod_within_5_percent",
+            Check::ThrottleWait => "throttle_wait_within_20_percent_of_fio",
             Check::HookFailureRepaired => "failed_hook_reported_counted_and_repaired",
             Check::HookFailureRefused => "failed_hook_refuses_the_container_in_strict_mode",
             Check::OutageRepaired => "pod_created_during_an_outage_limited_after_restart",
@@ -177,6 +182,7 @@ impl Scenario {
             Check::LimitsHold => holding::limits_survive_reload_and_restart(stack, notes),
             Check::SeveralDevices => devices::several_devices(stack, notes),
             Check::SidecarAttribution => attribution::pod_attributed(stack, notes),
+            Check::ThrottleWait => throttle_wait::wait_within_20_percent_of_fio(stack, notes),
             Check::HookFailureRepaired => guarantee::hook_failure_repaired(stack, notes),
             Check::HookFailureRefused => guarantee::hook_failure_refused_in_strict_mode(stack, notes),
             Check::OutageRepaired => guarantee::outage_repaired_after_restart(stack, notes),

@@ -239,6 +239,11 @@ struct RunCost {
     per_request: Vec<f64>,
     per_run: Vec<f64>,
     runs_per_request: Vec<f64>,
+    /// The throttle-wait programs' time per request, where they attach
+    /// (they run per bio, and are not in `per_request`).
+    throttle_per_request: Vec<f64>,
+    /// Why they did not, where they did not.
+    throttle_absent: Option<String>,
 }
 
 impl RunCost {
@@ -246,8 +251,15 @@ impl RunCost {
     fn round(&mut self, bench: &FastDevice, source: &mut EbpfSource) -> Result<()> {
         source.attach()?;
         let start = source.run_stats().context("BPF run-time statistics unavailable after enabling them")?;
+        let throttle_start = source.throttle_run_stats();
         let fio = bench.fio(ROUND_SECS)?;
         let used = source.run_stats().context("BPF run-time statistics disappeared")?.since(&start);
+        match (throttle_start, source.throttle_run_stats()) {
+            (Some(from), Some(to)) => {
+                self.throttle_per_request.push(to.since(&from).run_time_ns as f64 / fio.ios as f64)
+            }
+            _ => self.throttle_absent = source.throttle_wait().err(),
+        }
         source.detach()?;
         self.add(used, fio.ios)
     }
@@ -261,8 +273,19 @@ impl RunCost {
     }
 
     fn summary(&self) -> String {
+        let throttle = if !self.throttle_per_request.is_empty() {
+            format!(
+                "; the throttle-wait programs {:.0} ns more per request (range {:.0}–{:.0})",
+                median(&self.throttle_per_request),
+                min(&self.throttle_per_request),
+                max(&self.throttle_per_request)
+            )
+        } else {
+            let why = self.throttle_absent.as_deref().unwrap_or("no statistics");
+            format!("; the throttle-wait programs not attached ({why})")
+        };
         format!(
-            "median {:.0} ns per request (range {:.0}–{:.0}), {:.0} ns per program run, {:.2} runs per request",
+            "median {:.0} ns per request (range {:.0}–{:.0}), {:.0} ns per program run, {:.2} runs per request{throttle}",
             median(&self.per_request),
             min(&self.per_request),
             max(&self.per_request),
