@@ -98,7 +98,18 @@ fn booted_vm<'a>(booted: &'a mut Booted, kernel: &Kernel) -> Result<&'a mut Node
     };
     if booted.vm.as_ref().is_none_or(|vm| vm.kernel.suite != kernel.suite) {
         booted.vm = None;
-        match NodeVm::boot(kernel, payload, scratch) {
+        // A guest kernel that hangs or panics while booting is the emulated
+        // node stopping, as in a check (see `run_in_vm`): once more, said so.
+        let boot = match NodeVm::boot(kernel, payload, scratch) {
+            Err(e) if e.is::<GuestHung>() => {
+                let hung = e.downcast::<GuestHung>().expect("checked above");
+                println!("  THE GUEST STOPPED WHILE BOOTING: {}; booting once more", hung.report);
+                println!("{}", hung.details);
+                NodeVm::boot(kernel, payload, scratch)
+            }
+            other => other,
+        };
+        match boot {
             Ok(vm) => {
                 println!(
                     "  booted {} ({}) in {:.1} s (guest uptime {:.1} s at the agent's hello); cgroup2 controllers: {}; {}",

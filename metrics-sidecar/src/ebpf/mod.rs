@@ -168,6 +168,11 @@ impl EbpfSource {
         self.run_stats_of(ThrottleHook::ALL.map(ThrottleHook::name))
     }
 
+    /// [`EbpfSource::run_stats`] program by program: where the time goes.
+    pub fn run_stats_per_program(&self) -> Option<Vec<(Tracepoint, RunStats)>> {
+        Tracepoint::ALL.into_iter().map(|tp| Some((tp, self.run_stats_of([tp.name()])?))).collect()
+    }
+
     fn run_stats_of<const N: usize>(&self, programs: [&str; N]) -> Option<RunStats> {
         if self.run_stats_fd.is_none() && !kernel_stats_enabled() {
             return None;

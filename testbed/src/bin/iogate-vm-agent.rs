@@ -25,6 +25,9 @@ use iogate_testbed::vm::protocol::{FromAgent, Hello, Outcome, ToAgent};
 /// algorithm, which kernels put in differently named modules.
 const MODULES: [&str; 6] = ["virtio_pci", "virtio_blk", "crc32c", "ext4", "loop", "overlay"];
 const SCRATCH: &str = "/dev/vda";
+/// A cgroup that holds the cpuset controller for the whole boot
+/// ([`hold_cpuset_keys`]).
+const CPUSET_HOLD: &str = "/sys/fs/cgroup/iogate-cpuset-hold";
 
 /// The last panic's message and place, for the outcome.
 static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
@@ -123,6 +126,7 @@ fn serve(port: &Path) -> Result<()> {
 /// tests' loop disks want a real block device under them, not the
 /// initramfs's tmpfs).
 fn prepare_node() -> Result<()> {
+    hold_cpuset_keys()?;
     for m in MODULES {
         run(Command::new("modprobe").arg(m))?;
     }
@@ -149,6 +153,30 @@ fn prepare_node() -> Result<()> {
             SCRATCH,
         ]))?;
         run(Command::new("mount").args([SCRATCH, "/var/tmp"]))?;
+    }
+    Ok(())
+}
+
+/// Keeps the kernel's cpuset static keys on from boot to power-off. They
+/// flip whenever the first cpuset cgroup below the root comes or the last
+/// one goes, as pods' slices do, and each flip rewrites kernel code on the
+/// fly; multi-threaded TCG has been seen to run the rewritten code's stale
+/// translation for good, a guest hang (docs/testing.md, "A guest that
+/// hangs"). A cgroup with cpuset on in its own subtree below the root pins
+/// the count above zero, and forbids the root to turn cpuset off.
+fn hold_cpuset_keys() -> Result<()> {
+    let enable = |dir: &str| {
+        let control = format!("{dir}/cgroup.subtree_control");
+        std::fs::write(&control, "+cpuset").with_context(|| format!("enabling cpuset in {control}"))
+    };
+    enable("/sys/fs/cgroup")?;
+    std::fs::create_dir_all(CPUSET_HOLD).with_context(|| format!("creating {CPUSET_HOLD}"))?;
+    enable(CPUSET_HOLD)?;
+    let pin = format!("{CPUSET_HOLD}/pin");
+    std::fs::create_dir_all(&pin).with_context(|| format!("creating {pin}"))?;
+    let held = Path::new(&pin).join("cpuset.cpus.effective");
+    if !held.exists() {
+        bail!("expected {} once cpuset was enabled above it, found none", held.display());
     }
     Ok(())
 }

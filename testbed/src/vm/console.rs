@@ -51,6 +51,14 @@ pub fn hang_reported(text: &str) -> Option<&str> {
     })
 }
 
+/// The guest kernel's panic line, if it panicked: the node is gone, and
+/// under TCG that has been the emulator's doing (a breakpoint the kernel
+/// had taken away from rewritten code still trapped, `Oops: int3`, while
+/// booting), as the hangs are.
+pub fn crash_reported(text: &str) -> Option<&str> {
+    text.lines().find(|line| line.contains("Kernel panic - not syncing"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +93,13 @@ mod tests {
         let blocked = "[ 250.0] INFO: task containerd:212 blocked for more than 120 seconds.";
         assert_eq!(hang_reported(blocked), Some(blocked));
         assert_eq!(hang_reported("iogate-vm-agent: soft lockup - CPU# is a phrase\n"), None);
+    }
+
+    #[test]
+    fn a_panic_is_a_crash_and_an_oops_alone_is_not() {
+        let oops = "[    1.268712] Oops: int3: 0000 [#2] SMP NOPTI\n";
+        assert_eq!(crash_reported(oops), None, "the kernel may survive an oops");
+        let panic = "[    1.268978] Kernel panic - not syncing: Fatal exception in interrupt";
+        assert_eq!(crash_reported(&format!("{oops}{panic}\n[    3.2] Shutting down cpus with NMI\n")), Some(panic));
     }
 }

@@ -68,11 +68,12 @@ pub const CONSOLE_DIR_VAR: &str = "IOGATE_VM_CONSOLE_DIR";
 /// How often a silent agent's console is read for a hang report.
 const HANG_WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The guest kernel said it is stuck for good ([`console::hang_reported`]):
-/// the emulated node stopped, whatever the check was doing. Its `details`
-/// hold the console's excerpt and what the host did meanwhile.
+/// The guest kernel said it is stuck for good ([`console::hang_reported`]),
+/// or it panicked ([`console::crash_reported`]): the emulated node stopped,
+/// whatever the check (or the boot) was doing. Its `details` hold the
+/// console's excerpt and what the host did meanwhile.
 #[derive(Debug, thiserror::Error)]
-#[error("the guest kernel hung: {report}\n{details}")]
+#[error("the guest kernel stopped: {report}\n{details}")]
 pub struct GuestHung {
     pub report: String,
     pub details: String,
@@ -320,6 +321,11 @@ impl NodeVm {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let console = self.console_text();
+                    let since = String::from_utf8_lossy(console.get(console_from..).unwrap_or_default());
+                    if let Some(panic) = console::crash_reported(&since) {
+                        return Err(GuestHung { report: panic.trim().to_string(), details: self.console_tail() }.into());
+                    }
                     bail!("the agent's connection ended (the guest powered off?)\n{}", self.console_tail())
                 }
             }

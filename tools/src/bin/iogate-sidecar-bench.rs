@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use iogate_core::Device;
 use iogate_metrics_sidecar::counters::{CounterSource, Direction, IoKey};
-use iogate_metrics_sidecar::ebpf::{EbpfSource, IssueStamps, RunStats};
+use iogate_metrics_sidecar::ebpf::{EbpfSource, IssueStamps, RunStats, Tracepoint};
 use iogate_testbed::fio::{Job, Rw};
 use iogate_testbed::host_io::{run_fio_on, BlkioCgroup, FioTotals, BLKIO};
 use iogate_testbed::host_lock::HostLock;
@@ -244,6 +244,8 @@ struct RunCost {
     throttle_per_request: Vec<f64>,
     /// Why they did not, where they did not.
     throttle_absent: Option<String>,
+    /// `per_request`, program by program.
+    per_program: Vec<(Tracepoint, Vec<f64>)>,
 }
 
 impl RunCost {
@@ -252,8 +254,17 @@ impl RunCost {
         source.attach()?;
         let start = source.run_stats().context("BPF run-time statistics unavailable after enabling them")?;
         let throttle_start = source.throttle_run_stats();
+        let programs_start = source.run_stats_per_program().context("per-program run-time statistics")?;
         let fio = bench.fio(ROUND_SECS)?;
         let used = source.run_stats().context("BPF run-time statistics disappeared")?.since(&start);
+        let programs = source.run_stats_per_program().context("per-program run-time statistics disappeared")?;
+        for ((tp, from), (_, to)) in programs_start.iter().zip(&programs) {
+            let ns = to.since(from).run_time_ns as f64 / fio.ios.max(1) as f64;
+            match self.per_program.iter_mut().find(|(t, _)| t == tp) {
+                Some((_, all)) => all.push(ns),
+                None => self.per_program.push((*tp, vec![ns])),
+            }
+        }
         match (throttle_start, source.throttle_run_stats()) {
             (Some(from), Some(to)) => {
                 self.throttle_per_request.push(to.since(&from).run_time_ns as f64 / fio.ios as f64)
@@ -284,11 +295,14 @@ impl RunCost {
             let why = self.throttle_absent.as_deref().unwrap_or("no statistics");
             format!("; the throttle-wait programs not attached ({why})")
         };
+        let by_program: Vec<String> =
+            self.per_program.iter().map(|(tp, ns)| format!("{} {:.0}", tp.name(), median(ns))).collect();
         format!(
-            "median {:.0} ns per request (range {:.0}–{:.0}), {:.0} ns per program run, {:.2} runs per request{throttle}",
+            "median {:.0} ns per request (range {:.0}–{:.0}; {} ns), {:.0} ns per program run, {:.2} runs per request{throttle}",
             median(&self.per_request),
             min(&self.per_request),
             max(&self.per_request),
+            by_program.join(", "),
             median(&self.per_run),
             median(&self.runs_per_request),
         )
