@@ -139,20 +139,15 @@ static __always_inline void track_issued(__u64 *id, struct inflight *f)
 }
 
 /*
- * Fills the key from the request; 0 when the request is not one we count.
- * tp_btf arguments are typed kernel pointers: plain loads (CO-RE relocated
- * through vmlinux.h's preserve_access_index) instead of a probe-read helper
- * call per field, which is most of the cost on a fast device.
+ * Fills the key for I/O of type `op` that `bio` charges to its cgroup on
+ * `disk`; 0 for an operation we do not count (only reads and writes move
+ * data). tp_btf and fentry arguments are typed kernel pointers: plain
+ * loads (CO-RE relocated through vmlinux.h's preserve_access_index)
+ * instead of a probe-read helper call per field, which is most of the
+ * cost on a fast device.
  */
-static __always_inline int request_key(struct request *rq, struct iogate_key *key)
+static __always_inline int fill_key(struct iogate_key *key, __u32 op, struct bio *bio, struct gendisk *disk)
 {
-	struct bio *bio = rq->bio;
-	__u32 op = rq->cmd_flags & REQ_OP_MASK;
-	struct gendisk *disk;
-
-	/* Flushes and passthrough commands carry no bio, and move no data. */
-	if (!bio)
-		return 0;
 	if (op == REQ_OP_READ)
 		key->dir = IOGATE_DIR_READ;
 	else if (op == REQ_OP_WRITE)
@@ -160,9 +155,30 @@ static __always_inline int request_key(struct request *rq, struct iogate_key *ke
 	else
 		return 0;
 	key->cgroup_id = bio->bi_blkg->blkcg->css.cgroup->kn->id;
-	disk = rq->q->disk;
 	key->dev = (__u32)disk->major << IOGATE_MINOR_BITS | (__u32)disk->first_minor;
 	return 1;
+}
+
+static __always_inline int request_key(struct request *rq, struct iogate_key *key)
+{
+	/* Flushes and passthrough commands carry no bio, and move no data. */
+	if (!rq->bio)
+		return 0;
+	return fill_key(key, rq->cmd_flags & REQ_OP_MASK, rq->bio, rq->q->disk);
+}
+
+/*
+ * The value under `key` in a hash map, made from `zero` if absent. A
+ * static `zero` keeps a large value (900 bytes of stats) off the stack.
+ */
+static __always_inline void *lookup_or_init(void *map, const void *key, const void *zero)
+{
+	void *v = bpf_map_lookup_elem(map, key);
+
+	if (v)
+		return v;
+	bpf_map_update_elem(map, key, zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(map, key);
 }
 
 static __always_inline __u32 log2_bucket(__u64 v)
@@ -191,14 +207,9 @@ static __always_inline void hist_add(__u64 *hist, __u64 ns)
 
 static __always_inline struct iogate_stats *stats_for(struct iogate_key *key)
 {
-	struct iogate_stats *s = bpf_map_lookup_elem(&stats, key);
-
-	if (s)
-		return s;
-	/* Zero-initialised from a static so the 900-byte value is not on the stack. */
 	static const struct iogate_stats zero = {};
-	bpf_map_update_elem(&stats, key, &zero, BPF_NOEXIST);
-	return bpf_map_lookup_elem(&stats, key);
+
+	return lookup_or_init(&stats, key, &zero);
 }
 
 SEC("tp_btf/block_rq_insert")
@@ -413,19 +424,7 @@ struct {
 
 static __always_inline int bio_key(struct bio *bio, struct iogate_key *key)
 {
-	__u32 op = bio->bi_opf & REQ_OP_MASK;
-	struct gendisk *disk;
-
-	if (op == REQ_OP_READ)
-		key->dir = IOGATE_DIR_READ;
-	else if (op == REQ_OP_WRITE)
-		key->dir = IOGATE_DIR_WRITE;
-	else
-		return 0;
-	key->cgroup_id = bio->bi_blkg->blkcg->css.cgroup->kn->id;
-	disk = bio->bi_bdev->bd_disk;
-	key->dev = (__u32)disk->major << IOGATE_MINOR_BITS | (__u32)disk->first_minor;
-	return 1;
+	return fill_key(key, bio->bi_opf & REQ_OP_MASK, bio, bio->bi_bdev->bd_disk);
 }
 
 SEC("fentry/throtl_add_bio_tg")
@@ -451,6 +450,7 @@ int BPF_PROG(throttle_hold, struct bio *bio)
 SEC("fentry/submit_bio_noacct_nocheck")
 int BPF_PROG(throttle_release, struct bio *bio)
 {
+	static const struct iogate_throttle zero_t = {};
 	__u64 id = (__u64)bio;
 	__u32 zero = 0;
 	__u64 *n = bpf_map_lookup_elem(&held_bios, &zero);
@@ -468,14 +468,9 @@ int BPF_PROG(throttle_release, struct bio *bio)
 	key = h->key;
 	if (bpf_map_delete_elem(&held, &id) == 0 && *n > 0)
 		__sync_fetch_and_add(n, -1);
-	t = bpf_map_lookup_elem(&throttle, &key);
-	if (!t) {
-		static const struct iogate_throttle zero_t = {};
-		bpf_map_update_elem(&throttle, &key, &zero_t, BPF_NOEXIST);
-		t = bpf_map_lookup_elem(&throttle, &key);
-		if (!t)
-			return 0;
-	}
+	t = lookup_or_init(&throttle, &key, &zero_t);
+	if (!t)
+		return 0;
 	__sync_fetch_and_add(&t->bios, 1);
 	__sync_fetch_and_add(&t->wait_ns, wait);
 	hist_add(t->wait_hist, wait);

@@ -293,6 +293,22 @@ fn a_pod_on_containerd_is_attributed_and_shown_at_its_limit_with_the_plugins_gua
         }
         eprintln!("throttle wait not measured on this kernel (null, as expected): {why}");
     }
+    // The stall time likewise: vm_v2 checks the figure on cgroup v2; this
+    // host's blkio is cgroup v1, which keeps none per cgroup.
+    let metrics = sidecar.get("/metrics")?.1;
+    if ready["io_pressure_available"] == true {
+        assert!(metrics.lines().any(|l| l == "iogate_sidecar_io_pressure_measured 1"), "/readyz and /metrics disagree");
+    } else {
+        let why = ready["io_pressure_unavailable"].as_str().unwrap_or_default();
+        assert!(why.contains("pressure stall information"), "expected the reason in /readyz, found {ready}");
+        assert!(metrics.lines().any(|l| l == "iogate_sidecar_io_pressure_measured 0"), "/readyz and /metrics disagree");
+        assert!(!metrics.contains("io_pressure_some_seconds_total"), "no stall series where unmeasured");
+        for field in ["io_pressure_some_seconds", "io_pressure_full_seconds"] {
+            assert!(pod[field].is_null(), "expected {field} null where stall time is not measured: {pod}");
+            assert!(container[field].is_null(), "expected {field} null where stall time is not measured: {container}");
+        }
+        eprintln!("stall time not measured here (null, as expected): {why}");
+    }
 
     // No plugin, no word: null, never the last answer kept.
     stack.kill_plugin()?;

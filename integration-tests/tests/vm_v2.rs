@@ -212,6 +212,7 @@ fn trials() -> Result<Vec<Trial>, String> {
             // stack's start-up and the pod's limits come with it).
             out.push(per_kernel(Check::SidecarAttribution));
             out.push(per_kernel(Check::ThrottleWait));
+            out.push(per_kernel(Check::IoPressure));
             continue;
         }
         // The Debian 12 node's own kernel carries the whole matrix: each
@@ -225,6 +226,7 @@ fn trials() -> Result<Vec<Trial>, String> {
         out.push(per_kernel(Check::ContainerdReady));
         out.push(per_kernel(Check::SidecarAttribution));
         out.push(per_kernel(Check::ThrottleWait));
+        out.push(per_kernel(Check::IoPressure));
         for (driver, version, everything) in [
             (CgroupDriver::Systemd, Version::V2_1, true),
             (CgroupDriver::Systemd, Version::V1_7, false),

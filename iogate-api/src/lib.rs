@@ -139,6 +139,18 @@ pub struct PodMetrics {
     /// Mean device time (issue → complete).
     #[serde(default)]
     pub disk_latency_ns: Option<u64>,
+    /// Seconds of the window in which all of the pod's non-idle tasks
+    /// were stalled on I/O at once (PSI `full`, from the pod's own cgroup's
+    /// `io.pressure`); `null` where not measured (see `/readyz`'s
+    /// `io_pressure_unavailable`) and in a pod's first window, never zero
+    /// for that.
+    #[serde(default)]
+    pub io_pressure_full_seconds: Option<f64>,
+    /// Seconds of the window in which at least one of the pod's tasks was
+    /// stalled on I/O (PSI `some`): up to the window, however many tasks
+    /// stalled. `null` as for `io_pressure_full_seconds`.
+    #[serde(default)]
+    pub io_pressure_some_seconds: Option<f64>,
     /// [`KIND_POD`], or [`KIND_CGROUP`] for a cgroup that belongs to no pod.
     #[serde(default = "pod_kind")]
     pub kind: String,
@@ -214,6 +226,12 @@ pub struct ContainerMetrics {
     /// not yet verified).
     #[serde(default)]
     pub guarantee: Option<Guarantee>,
+    /// As the pod's `io_pressure_full_seconds`, for this cgroup alone.
+    #[serde(default)]
+    pub io_pressure_full_seconds: Option<f64>,
+    /// As the pod's `io_pressure_some_seconds`, for this cgroup alone.
+    #[serde(default)]
+    pub io_pressure_some_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -257,6 +275,13 @@ pub struct ReadyResponse {
     /// it has eBPF.
     #[serde(default)]
     pub degraded: Option<String>,
+    /// Whether pods' and containers' `io_pressure_*_seconds` are measured
+    /// (cgroup v2 with PSI on).
+    #[serde(default)]
+    pub io_pressure_available: bool,
+    /// Why not, where they are not.
+    #[serde(default)]
+    pub io_pressure_unavailable: Option<String>,
     #[serde(default = "yes")]
     pub latency_available: bool,
     #[serde(default)]
@@ -313,6 +338,8 @@ mod tests {
             throttle_wait_ns: Some(313_000_000),
             throttle_wait_p99_ns: Some(330_000_000),
             throttled_seconds: Some(9.7),
+            io_pressure_some_seconds: Some(4.5),
+            io_pressure_full_seconds: None,
             timestamp: "1970-01-01T00:00:00Z".into(),
             pod_uid: Some("u-1".into()),
             kind: KIND_POD.into(),
@@ -339,6 +366,8 @@ mod tests {
                     lower_layer_of: None,
                 }],
                 guarantee: Some(Guarantee::Limited),
+                io_pressure_some_seconds: Some(4.5),
+                io_pressure_full_seconds: Some(0.5),
             }],
         }
     }

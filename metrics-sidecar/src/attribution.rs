@@ -1,13 +1,15 @@
 //! Who an I/O counter belongs to, as the rest of the sidecar sees it.
 //!
-//! The sampler only needs two answers per cgroup: who owns it, and
-//! which limits are in force on it. Keeping that behind a trait lets the
+//! The sampler needs three answers per cgroup: who owns it, which limits
+//! are in force on it, and (where the kernel keeps it) how long its tasks
+//! stalled on I/O. Keeping that behind a trait lets the
 //! window and report code be tested with a table instead of a live host.
 
 use iogate_core::{Device, Limits};
 
 use crate::counters::CgroupId;
 use crate::host_cgroups::{CgroupOwner, HostCgroups};
+use crate::pressure::StallTotals;
 
 pub trait Attribution {
     /// `None` for a cgroup that no longer exists (its counters expire).
@@ -15,6 +17,13 @@ pub trait Attribution {
     /// The limits in force on that cgroup for that device; `None` when they
     /// could not be read.
     fn limits(&self, id: CgroupId, device: Device) -> Option<Limits>;
+    /// Whether [`Attribution::io_pressure`] answers on this host; the
+    /// reason where it does not.
+    fn pressure_kept(&self) -> Result<(), &str>;
+    /// The stall totals of the cgroup at `cgroup` (a hierarchy path, as
+    /// [`CgroupOwner::cgroup`] and the pod's own cgroup have it); `None`
+    /// when they could not be read.
+    fn io_pressure(&self, cgroup: &str) -> Option<StallTotals>;
     /// Shown the cgroups a snapshot names before any is asked about: the
     /// moment to learn those born since the last look. A fixed table knows
     /// all it ever will.
@@ -28,6 +37,14 @@ impl Attribution for HostCgroups {
 
     fn limits(&self, id: CgroupId, device: Device) -> Option<Limits> {
         HostCgroups::limits(self, id, device)
+    }
+
+    fn pressure_kept(&self) -> Result<(), &str> {
+        HostCgroups::pressure_kept(self)
+    }
+
+    fn io_pressure(&self, cgroup: &str) -> Option<StallTotals> {
+        HostCgroups::io_pressure(self, cgroup)
     }
 
     fn discover(&mut self, ids: &mut dyn Iterator<Item = CgroupId>) {

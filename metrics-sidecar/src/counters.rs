@@ -222,8 +222,8 @@ pub trait CounterSource: Send {
     /// Whether the snapshots carry blk-throttle's wait
     /// ([`IoCounters::throttle_wait_ns`]); `Err` says why not. The cgroup
     /// statistics have no per-I/O wait, hence the default.
-    fn throttle_wait(&self) -> Result<(), String> {
-        Err("the cgroup statistics do not time the throttle's wait; it needs the eBPF source".into())
+    fn throttle_wait(&self) -> Result<(), &str> {
+        Err("the cgroup statistics do not time the throttle's wait; it needs the eBPF source")
     }
 }
 

@@ -144,9 +144,14 @@ mod tests {
         GroupUsage {
             key: GroupKey::Pod { namespace: "ns".into(), name: "p".into() },
             pod_uid: None,
-            containers: vec![ContainerUsage { owner: CgroupOwner::outside_pods("/x".into()), devices: vec![usage] }],
+            containers: vec![ContainerUsage {
+                owner: CgroupOwner::outside_pods("/x".into()),
+                devices: vec![usage],
+                pressure: None,
+            }],
             read,
             write: IoCounters::default(),
+            pressure: None,
         }
     }
 

@@ -5,11 +5,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Instant, SystemTime};
 
+use iogate_core::cgroup::paths::PodCgroup;
 use iogate_core::{Device, Limits};
 
 use crate::attribution::Attribution;
 use crate::counters::{CgroupId, Direction, IoCounters, Snapshot, SourceKind};
 use crate::host_cgroups::CgroupOwner;
+use crate::pressure::StallTotals;
 use crate::stacking::Stacking;
 
 /// One cgroup's counters for one device and direction.
@@ -42,6 +44,11 @@ pub struct Frame {
     /// The counters hold blk-throttle's wait (the source measures it; see
     /// `CounterSource::throttle_wait`). Set by the sampler.
     pub throttle_wait: bool,
+    /// The I/O stall totals of each series' cgroup and of its pod's own
+    /// cgroup, by hierarchy path ([`crate::pressure`]); a path is missing
+    /// where its file could not be read. `None` where the host keeps no
+    /// stall information per cgroup ([`Attribution::pressure_kept`]).
+    pub pressure: Option<HashMap<String, StallTotals>>,
 }
 
 impl Frame {
@@ -85,7 +92,32 @@ impl Frame {
             (&a.owner.cgroup, a.device, a.direction, a.cgroup).cmp(&(&b.owner.cgroup, b.device, b.direction, b.cgroup))
         });
         removed.sort();
-        Frame { taken_at: snapshot.taken_at, wall, source: snapshot.source, series, removed, throttle_wait: false }
+        let pressure = who.pressure_kept().is_ok().then(|| {
+            let named = owners.iter().filter(|(id, _)| **id != CgroupId::NONE && removed.binary_search(id).is_err());
+            // Each cgroup once, and each pod once however many containers
+            // it has.
+            let mut paths: Vec<&str> = named
+                .flat_map(|(_, owner)| [Some(owner.cgroup.as_str()), PodCgroup::pod_dir(&owner.cgroup)])
+                .flatten()
+                .collect();
+            paths.sort_unstable();
+            paths.dedup();
+            paths.into_iter().filter_map(|path| Some((path.to_string(), who.io_pressure(path)?))).collect()
+        });
+        Frame {
+            taken_at: snapshot.taken_at,
+            wall,
+            source: snapshot.source,
+            series,
+            removed,
+            throttle_wait: false,
+            pressure,
+        }
+    }
+
+    /// The stall totals of the cgroup at `path`, where measured and read.
+    pub fn stall(&self, path: &str) -> Option<&StallTotals> {
+        self.pressure.as_ref()?.get(path)
     }
 
     /// Marks each series below a stacked device the same cgroup has used
@@ -121,10 +153,12 @@ pub(crate) mod testing {
     use super::*;
 
     /// A fixed table of owners and limits.
-    #[derive(Default)]
+    #[derive(Default, Clone)]
     pub struct Table {
         pub owners: HashMap<CgroupId, CgroupOwner>,
         pub limits: HashMap<(CgroupId, Device), Limits>,
+        /// Stall totals by path; `None`: the host keeps none.
+        pub pressure: Option<HashMap<String, StallTotals>>,
     }
 
     impl Table {
@@ -153,6 +187,13 @@ pub(crate) mod testing {
             self.limits.insert((CgroupId(id), device), limits);
             self
         }
+
+        /// The host keeps stall information; `path` (a cgroup's or a
+        /// pod's own) stalled this long so far.
+        pub fn stalled(mut self, path: &str, some_us: u64, full_us: u64) -> Self {
+            self.pressure.get_or_insert_with(HashMap::new).insert(path.into(), StallTotals { some_us, full_us });
+            self
+        }
     }
 
     impl Attribution for Table {
@@ -162,6 +203,14 @@ pub(crate) mod testing {
 
         fn limits(&self, id: CgroupId, device: Device) -> Option<Limits> {
             Some(self.limits.get(&(id, device)).copied().unwrap_or(Limits::UNLIMITED))
+        }
+
+        fn pressure_kept(&self) -> Result<(), &str> {
+            self.pressure.as_ref().map(|_| ()).ok_or("the table keeps no stall information")
+        }
+
+        fn io_pressure(&self, cgroup: &str) -> Option<StallTotals> {
+            self.pressure.as_ref()?.get(cgroup).copied()
         }
     }
 }
@@ -210,7 +259,7 @@ mod tests {
     }
 
     /// Counts what the frame asks: limit files are real reads on a host.
-    struct Counting(Table, std::cell::Cell<usize>, std::cell::Cell<usize>);
+    struct Counting(Table, std::cell::Cell<usize>, std::cell::Cell<usize>, std::cell::RefCell<Vec<String>>);
 
     impl Attribution for Counting {
         fn owner(&self, id: CgroupId) -> Option<CgroupOwner> {
@@ -222,11 +271,25 @@ mod tests {
             self.2.set(self.2.get() + 1);
             self.0.limits(id, device)
         }
+
+        fn pressure_kept(&self) -> Result<(), &str> {
+            self.0.pressure_kept()
+        }
+
+        fn io_pressure(&self, cgroup: &str) -> Option<StallTotals> {
+            self.3.borrow_mut().push(cgroup.to_string());
+            self.0.io_pressure(cgroup)
+        }
     }
 
     #[test]
     fn each_cgroup_is_named_and_its_limits_read_once_per_device() {
-        let who = Counting(Table::default().pod(7, "ns", "web", "app"), Default::default(), Default::default());
+        let who = Counting(
+            Table::default().pod(7, "ns", "web", "app"),
+            Default::default(),
+            Default::default(),
+            Default::default(),
+        );
         let mut counters = HashMap::new();
         for device in [Device::new(7, 0), Device::new(8, 0)] {
             for direction in Direction::BOTH {
@@ -237,5 +300,43 @@ mod tests {
         let frame = Frame::attribute(snap, SystemTime::now(), &who);
         assert_eq!(frame.series.len(), 4);
         assert_eq!((who.1.get(), who.2.get()), (1, 2));
+    }
+
+    #[test]
+    fn each_cgroup_and_each_pod_has_its_pressure_read_once() {
+        let mut table = Table::default().pod(1, "ns", "web", "app").cgroup(3, "/system.slice");
+        let app = table.owners[&CgroupId(1)].cgroup.clone();
+        let pod = PodCgroup::pod_dir(&app).unwrap().to_string();
+        // A second container of the same pod.
+        let mut sidecar = table.owners[&CgroupId(1)].clone();
+        sidecar.cgroup = format!("{pod}/{:064x}", 2);
+        table.owners.insert(CgroupId(2), sidecar);
+        let table = table.stalled(&app, 30, 10).stalled(&pod, 40, 10);
+        let who = Counting(table, Default::default(), Default::default(), Default::default());
+        let mut counters = HashMap::new();
+        for id in [1, 2, 3, 9] {
+            for direction in Direction::BOTH {
+                let key = IoKey { cgroup: CgroupId(id), device: Device::new(7, 0), direction };
+                counters.insert(key, IoCounters::default());
+            }
+        }
+        let snap = Snapshot { taken_at: Instant::now(), source: SourceKind::Ebpf, counters };
+        let frame = Frame::attribute(snap, SystemTime::now(), &who);
+        let mut asked = who.3.borrow().clone();
+        asked.sort();
+        let sidecar = who.0.owners[&CgroupId(2)].cgroup.clone();
+        // The pod's own cgroup once for its two containers.
+        let mut want = vec![app.clone(), pod.clone(), sidecar, "/system.slice".to_string()];
+        want.sort();
+        assert_eq!(asked, want, "the removed cgroup 9 has no path to read");
+        assert_eq!(frame.stall(&pod), Some(&StallTotals { some_us: 40, full_us: 10 }));
+        assert_eq!(frame.stall("/system.slice"), None, "unreadable: absent, not zero");
+
+        let unkept = Frame::attribute(
+            Snapshot { taken_at: Instant::now(), source: SourceKind::Ebpf, counters: HashMap::new() },
+            SystemTime::now(),
+            &Table::default(),
+        );
+        assert_eq!(unkept.pressure, None);
     }
 }

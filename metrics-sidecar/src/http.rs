@@ -178,6 +178,8 @@ async fn ready(State(shared): State<Arc<SidecarState>>) -> Response {
         pods: shared.pods(),
         throttle_wait_available: shared.throttle_wait_error.is_none(),
         throttle_wait_unavailable: shared.throttle_wait_error.clone(),
+        io_pressure_available: shared.io_pressure_error.is_none(),
+        io_pressure_unavailable: shared.io_pressure_error.clone(),
     };
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()

@@ -10,7 +10,8 @@
 //!    the hierarchy walk in [`cgroup_tree`], the path rules in iogate-core's
 //!    `cgroup::paths` and the API names in [`pods`]), with the limits in
 //!    force (read by iogate-core's `CgroupFs`, remembered for a while by
-//!    [`limits_cache`]), behind the
+//!    [`limits_cache`]) and, on cgroup v2, the stall time of each container
+//!    and pod ([`pressure`]), behind the
 //!    [`attribution::Attribution`] trait;
 //! 3. [`window`]: two frames make usage per pod → container → device
 //!    (each request counted once across [`stacking`]);
@@ -44,6 +45,7 @@ pub mod http;
 pub mod limits_cache;
 pub mod plugin_guarantee;
 pub mod pods;
+pub mod pressure;
 pub mod prometheus;
 pub mod published;
 pub mod query;

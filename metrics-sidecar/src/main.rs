@@ -225,8 +225,14 @@ async fn run(args: Args) -> Result<()> {
     let root = fs.mount.clone();
     let cgroups = HostCgroups::new(fs, directory.clone())
         .with_context(|| format!("scanning the cgroup hierarchy at {}", root.display()))?;
+    match cgroups.pressure_kept() {
+        Ok(()) => tracing::info!("reading pods' and containers' I/O stall time (io_pressure_*_seconds)"),
+        Err(why) => tracing::warn!("I/O stall time unavailable, its fields are null: {why}"),
+    }
     let shared = Arc::new(
-        SidecarState::new(args.interval, kind, ebpf_error, pods_status(&directory)).with_throttle_wait(throttle_wait),
+        SidecarState::new(args.interval, kind, ebpf_error, pods_status(&directory))
+            .with_throttle_wait(throttle_wait)
+            .with_io_pressure(cgroups.pressure_kept()),
     );
     let sampler = Sampler::new(source, NetworkMajors::load());
     {

@@ -118,6 +118,8 @@ mod tests {
                 container_id: id.map(String::from),
                 devices: Vec::new(),
                 guarantee: Some(Guarantee::Limited),
+                io_pressure_some_seconds: None,
+                io_pressure_full_seconds: None,
             })
             .collect();
         let metrics: PodMetrics = serde_json::from_value(serde_json::json!({

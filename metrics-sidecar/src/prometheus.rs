@@ -32,12 +32,16 @@
 //! limit on a lower device is in force there too, and gauges of limits are
 //! never summed).
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use iogate_core::cgroup::paths::PodCgroup;
 use iogate_core::Knob;
 
 use crate::counters::{Log2Histogram, SourceKind};
 use crate::frame::{Frame, Series};
+use crate::host_cgroups::CgroupOwner;
+use crate::pressure::StallTotals;
 
 /// Bucket bounds exposed, as powers of two nanoseconds: 16 µs … 4.3 s in
 /// steps of 4×. They fall on the log2 buckets' edges, so the cumulative
@@ -57,17 +61,19 @@ fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-fn labels(s: &Series) -> String {
-    let w = &s.owner;
+/// `namespace`, `pod`, `container` and `cgroup`: who, without the device.
+fn owner_labels(w: &CgroupOwner) -> String {
     format!(
-        "namespace=\"{}\",pod=\"{}\",container=\"{}\",cgroup=\"{}\",device=\"{}\",direction=\"{}\"",
+        "namespace=\"{}\",pod=\"{}\",container=\"{}\",cgroup=\"{}\"",
         escape(w.namespace.as_deref().unwrap_or("")),
         escape(w.pod.as_deref().unwrap_or("")),
         escape(w.container.as_deref().unwrap_or("")),
         if w.pod.is_some() { String::new() } else { escape(&w.cgroup) },
-        s.device,
-        s.direction
     )
+}
+
+fn labels(s: &Series) -> String {
+    format!("{},device=\"{}\",direction=\"{}\"", owner_labels(&s.owner), s.device, s.direction)
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -157,6 +163,64 @@ fn throttle_family(out: &mut String, rows: &[(&str, &Series)]) {
     }
 }
 
+/// The I/O stall totals ([`crate::pressure`]): per pod, from the pod's own
+/// cgroup, and per container (or cgroup outside pods), from its own. Two
+/// families, as stall time does not add up: the pod's is not the sum of
+/// its containers'. Only cgroups that ever stalled have a series (a zero
+/// on every idle pod would only grow the scrape), and `full` never
+/// exceeds `some`, so both appear once `some` does.
+fn pressure_families(out: &mut String, frame: &Frame) {
+    let mut containers: BTreeMap<&str, &CgroupOwner> = BTreeMap::new();
+    let mut pods: BTreeMap<&str, &CgroupOwner> = BTreeMap::new();
+    for s in &frame.series {
+        containers.insert(&s.owner.cgroup, &s.owner);
+        if let Some(pod) = PodCgroup::pod_dir(&s.owner.cgroup) {
+            pods.insert(pod, &s.owner);
+        }
+    }
+    let stalled = |path: &str| frame.stall(path).filter(|t| t.some_us > 0).copied();
+    let pod_rows: Vec<(String, StallTotals)> = pods
+        .into_iter()
+        .filter_map(|(path, w)| {
+            let l = format!(
+                "namespace=\"{}\",pod=\"{}\"",
+                escape(w.namespace.as_deref().unwrap_or("")),
+                escape(w.pod.as_deref().unwrap_or(""))
+            );
+            Some((l, stalled(path)?))
+        })
+        .collect();
+    let container_rows: Vec<(String, StallTotals)> =
+        containers.into_iter().filter_map(|(path, w)| Some((owner_labels(w), stalled(path)?))).collect();
+    for (family, rows, whose) in [
+        ("iogate_pod_io_pressure", &pod_rows, "the pod's (its own cgroup's, not a sum over its containers)"),
+        ("iogate_container_io_pressure", &container_rows, "the container's (or the cgroup's, outside pods)"),
+    ] {
+        let some = format!("{family}_some_seconds_total");
+        header(
+            out,
+            &some,
+            "counter",
+            &format!("Time in which at least one of {whose} tasks was stalled on I/O (PSI some, io.pressure)."),
+        );
+        for (l, t) in rows.iter() {
+            let _ = writeln!(out, "{some}{{{l}}} {}", t.some_seconds());
+        }
+        let full = format!("{family}_full_seconds_total");
+        header(
+            out,
+            &full,
+            "counter",
+            &format!(
+                "Time in which all of {whose} non-idle tasks were stalled on I/O at once (PSI full, io.pressure)."
+            ),
+        );
+        for (l, t) in rows.iter() {
+            let _ = writeln!(out, "{full}{{{l}}} {}", t.full_seconds());
+        }
+    }
+}
+
 pub fn render(frame: Option<&Frame>, me: SelfState) -> String {
     let mut out = String::with_capacity(64 * 1024);
     header(
@@ -183,6 +247,13 @@ pub fn render(frame: Option<&Frame>, me: SelfState) -> String {
         "1 when blk-throttle's wait is timed per bio (iogate_io_throttle_wait_seconds); 0 where the kernel refuses the programs (see /readyz).",
     );
     let _ = writeln!(out, "iogate_sidecar_throttle_wait_measured {}", u8::from(frame.throttle_wait));
+    header(
+        &mut out,
+        "iogate_sidecar_io_pressure_measured",
+        "gauge",
+        "1 when pods' and containers' I/O stall time is read (iogate_pod_io_pressure_*); 0 on cgroup v1 or without PSI (see /readyz).",
+    );
+    let _ = writeln!(out, "iogate_sidecar_io_pressure_measured {}", u8::from(frame.pressure.is_some()));
     let rows: Vec<(String, &Series)> = frame.series.iter().map(|s| (labels(s), s)).collect();
     let top: Vec<(&str, &Series)> =
         rows.iter().filter(|(_, s)| s.lower_layer_of.is_none()).map(|(l, s)| (l.as_str(), *s)).collect();
@@ -205,6 +276,9 @@ pub fn render(frame: Option<&Frame>, me: SelfState) -> String {
         &lower,
         latency,
     );
+    }
+    if frame.pressure.is_some() {
+        pressure_families(&mut out, frame);
     }
     header(&mut out, "iogate_io_limit", "gauge", "Block I/O limit in force on the cgroup for the device (unit: iops or bytes_per_second); absent when unlimited.");
     for (l, s) in &rows {
@@ -362,5 +436,36 @@ mod tests {
         assert!(!text.contains("latency_seconds"));
         assert!(text.contains("iogate_io_requests_total{"));
         assert!(text.contains("iogate_sidecar_ebpf_loaded 0"));
+    }
+
+    #[test]
+    fn stall_time_is_a_counter_per_pod_and_per_container_that_stalled() {
+        let f = frame(SourceKind::Ebpf);
+        let text = render(Some(&f), SelfState { ebpf_loaded: true, pods_synced: true });
+        assert!(text.lines().any(|x| x == "iogate_sidecar_io_pressure_measured 0"), "{text}");
+        assert!(!text.contains("io_pressure_some"), "not measured: no family at all");
+
+        let app = f.series.iter().find(|s| s.owner.pod.is_some()).unwrap().owner.cgroup.clone();
+        let pod = PodCgroup::pod_dir(&app).unwrap().to_string();
+        let mut f = f;
+        f.pressure = Some(HashMap::from([
+            (pod, StallTotals { some_us: 2_500_000, full_us: 1_000_000 }),
+            (app, StallTotals { some_us: 2_000_000, full_us: 1_000_000 }),
+            // Measured and never stalled: no series.
+            ("/we\"ird\\path".to_string(), StallTotals::default()),
+        ]));
+        let text = render(Some(&f), SelfState { ebpf_loaded: true, pods_synced: true });
+        let c = "namespace=\"shop\",pod=\"web-0\",container=\"app\",cgroup=\"\"";
+        for line in [
+            "iogate_sidecar_io_pressure_measured 1".to_string(),
+            "iogate_pod_io_pressure_some_seconds_total{namespace=\"shop\",pod=\"web-0\"} 2.5".to_string(),
+            "iogate_pod_io_pressure_full_seconds_total{namespace=\"shop\",pod=\"web-0\"} 1".to_string(),
+            format!("iogate_container_io_pressure_some_seconds_total{{{c}}} 2"),
+            format!("iogate_container_io_pressure_full_seconds_total{{{c}}} 1"),
+        ] {
+            assert!(text.lines().any(|x| x == line), "missing {line:?} in\n{text}");
+        }
+        assert_eq!(text.matches("iogate_container_io_pressure_some_seconds_total{").count(), 1, "{text}");
+        assert!(text.contains("# TYPE iogate_pod_io_pressure_some_seconds_total counter"));
     }
 }

@@ -2,7 +2,8 @@
 //! types), judged: bottleneck, anomaly, trend.
 //!
 //! Latency fields are `null` when latency is unavailable (the cgroup
-//! statistics fallback), never zero: a zero would read as "fast".
+//! statistics fallback), never zero: a zero would read as "fast". So are
+//! the throttle's wait and the stall time where they are not measured.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -81,6 +82,8 @@ fn pod_metrics(group: &GroupUsage, window: &Window) -> PodMetrics {
         throttle_wait_ns: if window.throttle_wait { mean(both.throttle_wait_ns, both.throttled_ios) } else { None },
         throttle_wait_p99_ns: quantile(&both.throttle_hist, 0.99, window.throttle_wait),
         throttled_seconds: window.throttle_wait.then(|| both.throttle_wait_ns as f64 / 1e9),
+        io_pressure_some_seconds: group.pressure.map(|p| p.some_seconds()),
+        io_pressure_full_seconds: group.pressure.map(|p| p.full_seconds()),
         window_seconds: window.seconds,
         containers: group
             .containers
@@ -105,6 +108,8 @@ fn pod_metrics(group: &GroupUsage, window: &Window) -> PodMetrics {
                     .collect(),
                 // Filled in from the NRI plugin's answer before publishing.
                 guarantee: None,
+                io_pressure_some_seconds: c.pressure.map(|p| p.some_seconds()),
+                io_pressure_full_seconds: c.pressure.map(|p| p.full_seconds()),
             })
             .collect(),
     }
@@ -170,6 +175,7 @@ mod tests {
     use crate::counters::{CgroupId, Direction, IoKey, Snapshot, SourceKind};
     use crate::frame::testing::Table;
     use crate::frame::Frame;
+    use crate::pressure::StallTotals;
     use crate::stacking::Stacking;
 
     fn window(source: SourceKind) -> Window {
@@ -250,6 +256,25 @@ mod tests {
         let m = &assess(&w, &mut history, &NetworkMajors::default())[0].metrics;
         assert_eq!((m.throttled_seconds, m.throttle_wait_ns), (Some(1.2), Some(300_000_000)));
         assert!((268_435_456..536_870_912).contains(&m.throttle_wait_p99_ns.unwrap()));
+    }
+
+    #[test]
+    fn stall_time_is_null_where_unmeasured_and_seconds_where_measured() {
+        let mut history = History::default();
+        let mut w = window(SourceKind::Ebpf);
+        let m = &assess(&w, &mut history, &NetworkMajors::default())[0].metrics;
+        assert_eq!((m.io_pressure_some_seconds, m.io_pressure_full_seconds), (None, None));
+        let json = serde_json::to_value(m).unwrap();
+        assert!(
+            json["io_pressure_some_seconds"].is_null() && json["containers"][0]["io_pressure_some_seconds"].is_null()
+        );
+
+        w.groups[0].pressure = Some(StallTotals { some_us: 1_750_000, full_us: 250_000 });
+        w.groups[0].containers[0].pressure = Some(StallTotals { some_us: 1_500_000, full_us: 0 });
+        let m = &assess(&w, &mut history, &NetworkMajors::default())[0].metrics;
+        assert_eq!((m.io_pressure_some_seconds, m.io_pressure_full_seconds), (Some(1.75), Some(0.25)));
+        let c = &m.containers[0];
+        assert_eq!((c.io_pressure_some_seconds, c.io_pressure_full_seconds), (Some(1.5), Some(0.0)));
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct SidecarState {
     pub ebpf_error: Option<String>,
     /// Why blk-throttle's wait is not measured (`None` when it is).
     pub throttle_wait_error: Option<String>,
+    /// Why the I/O stall time is not measured (`None` when it is).
+    pub io_pressure_error: Option<String>,
     current: ArcSwap<Tick>,
     pub pods: RwLock<PodsStatus>,
     /// The NRI plugin's latest word on each container.
@@ -72,6 +74,7 @@ impl SidecarState {
             source,
             ebpf_error,
             throttle_wait_error: Some("not reported by the counter source".into()),
+            io_pressure_error: Some("not reported by the cgroup hierarchy".into()),
             current: ArcSwap::from_pointee(first),
             pods: RwLock::new(pods),
             guarantee: GuaranteeBoard::default(),
@@ -80,8 +83,15 @@ impl SidecarState {
 
     /// Whether the source measures blk-throttle's wait
     /// (`CounterSource::throttle_wait`).
-    pub fn with_throttle_wait(mut self, measured: Result<(), String>) -> SidecarState {
-        self.throttle_wait_error = measured.err();
+    pub fn with_throttle_wait(mut self, measured: Result<(), &str>) -> SidecarState {
+        self.throttle_wait_error = measured.err().map(str::to_string);
+        self
+    }
+
+    /// Whether the host keeps I/O stall information per cgroup
+    /// (`HostCgroups::pressure_kept`).
+    pub fn with_io_pressure(mut self, kept: Result<(), &str>) -> SidecarState {
+        self.io_pressure_error = kept.err().map(str::to_string);
         self
     }
 

@@ -5,11 +5,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
+use iogate_core::cgroup::paths::PodCgroup;
 use iogate_core::{Device, Limits};
 
 use crate::counters::{CgroupId, Direction, IoCounters, SourceKind};
 use crate::frame::Frame;
 use crate::host_cgroups::CgroupOwner;
+use crate::pressure::StallTotals;
 use crate::stacking::Stacking;
 
 /// A pod (by namespace and name, the names users query) or a cgroup that
@@ -46,6 +48,8 @@ pub struct DeviceUsage {
 pub struct ContainerUsage {
     pub owner: CgroupOwner,
     pub devices: Vec<DeviceUsage>,
+    /// Its tasks' I/O stall time in the window ([`Window::stall`]).
+    pub pressure: Option<StallTotals>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +61,9 @@ pub struct GroupUsage {
     /// the topmost device of a stack).
     pub read: IoCounters,
     pub write: IoCounters,
+    /// The pod's I/O stall time in the window, from the pod's own cgroup
+    /// (a plain cgroup's: its own) ([`Window::stall`]).
+    pub pressure: Option<StallTotals>,
 }
 
 impl GroupUsage {
@@ -75,6 +82,8 @@ pub struct Window {
     pub source: SourceKind,
     /// The counters hold blk-throttle's wait ([`Frame::throttle_wait`]).
     pub throttle_wait: bool,
+    /// The host keeps I/O stall information per cgroup ([`Frame::pressure`]).
+    pub pressure: bool,
     pub groups: Vec<GroupUsage>,
 }
 
@@ -92,11 +101,12 @@ impl Window {
         for s in &later.series {
             let prev = before.get(&(s.cgroup, s.device, s.direction)).copied().unwrap_or(&zero);
             let delta = s.counters.since(prev);
-            let container = groups
-                .entry(GroupKey::of(&s.owner))
-                .or_default()
-                .entry(s.cgroup)
-                .or_insert_with(|| ContainerUsage { owner: s.owner.clone(), devices: Vec::new() });
+            let container =
+                groups.entry(GroupKey::of(&s.owner)).or_default().entry(s.cgroup).or_insert_with(|| ContainerUsage {
+                    owner: s.owner.clone(),
+                    devices: Vec::new(),
+                    pressure: Window::stall(earlier, later, &s.owner.cgroup),
+                });
             let device = match container.devices.iter_mut().position(|d| d.device == s.device) {
                 Some(i) => &mut container.devices[i],
                 None => {
@@ -134,7 +144,12 @@ impl Window {
                     write.add(&d.write);
                 }
                 let pod_uid = containers.iter().find_map(|c| c.owner.pod_uid.as_ref().map(|u| u.to_string()));
-                GroupUsage { key, pod_uid, containers, read, write }
+                let own_cgroup = match &key {
+                    GroupKey::Pod { .. } => containers.iter().find_map(|c| PodCgroup::pod_dir(&c.owner.cgroup)),
+                    GroupKey::Cgroup(path) => Some(path.as_str()),
+                };
+                let pressure = own_cgroup.and_then(|path| Window::stall(earlier, later, path));
+                GroupUsage { key, pod_uid, containers, read, write, pressure }
             })
             .collect();
 
@@ -143,8 +158,18 @@ impl Window {
             ended: later.wall,
             source: later.source,
             throttle_wait: later.throttle_wait,
+            pressure: later.pressure.is_some(),
             groups,
         }
+    }
+
+    /// The stall time of the cgroup at `path` between the two frames:
+    /// `None` unless both read it. Unlike a counter series, a cgroup's
+    /// first reading cannot count whole: the kernel's total runs from the
+    /// cgroup's birth, which may be long before the sidecar or the
+    /// cgroup's first I/O saw it, so that reading is the baseline.
+    pub fn stall(earlier: &Frame, later: &Frame, path: &str) -> Option<StallTotals> {
+        Some(later.stall(path)?.since(earlier.stall(path)?))
     }
 
     pub fn per_second(&self, count: u64) -> f64 {
@@ -228,5 +253,46 @@ mod tests {
         let devices = &g.containers[0].devices;
         assert_eq!(devices.len(), 2, "both devices stay visible");
         assert_eq!(devices.iter().find(|d| d.device == lower).unwrap().lower_layer_of, Some(upper));
+    }
+
+    #[test]
+    fn stall_time_is_the_pods_own_and_needs_two_readings() {
+        let table = Table::default().pod(1, "shop", "web-0", "app").pod(2, "shop", "web-0", "sidecar");
+        let app = table.owners[&CgroupId(1)].cgroup.clone();
+        let sidecar = table.owners[&CgroupId(2)].cgroup.clone();
+        let pod = PodCgroup::pod_dir(&app).unwrap().to_string();
+        let t0 = Instant::now();
+        let entries = [(1, Direction::Read, 1, 4096), (2, Direction::Read, 1, 4096)];
+        // The sidecar saw the pod before app's cgroup had a readable file.
+        let first = Table { owners: table.owners.clone(), ..Default::default() }.stalled(&pod, 9_000_000, 1_000_000);
+        let second =
+            first.clone().stalled(&pod, 11_000_000, 2_000_000).stalled(&app, 500_000, 0).stalled(&sidecar, 0, 0);
+        let a = frame(t0, &first, &entries);
+        let b = frame(t0 + Duration::from_secs(2), &second, &entries);
+        let w = Window::between(&a, &b, &Stacking::default());
+        assert!(w.pressure);
+        let web = &w.groups[0];
+        // Two seconds of the pod's stall, not the 11 s since its birth.
+        assert_eq!(web.pressure, Some(StallTotals { some_us: 2_000_000, full_us: 1_000_000 }));
+        assert!(web.containers.iter().all(|c| c.pressure.is_none()), "a first reading is a baseline");
+        let c = frame(t0 + Duration::from_secs(4), &second.clone().stalled(&app, 1_500_000, 0), &entries);
+        let w = Window::between(&b, &c, &Stacking::default());
+        let app_usage = w.groups[0].containers.iter().find(|c| c.owner.cgroup == app).unwrap();
+        assert_eq!(app_usage.pressure.map(|p| p.some_us), Some(1_000_000));
+        assert_eq!(w.groups[0].pressure, Some(StallTotals::default()), "the pod's file unchanged: no stall");
+    }
+
+    #[test]
+    fn no_stall_information_where_the_host_keeps_none() {
+        let table = Table::default().pod(1, "shop", "web-0", "app");
+        let t0 = Instant::now();
+        let entries = [(1, Direction::Read, 1, 4096)];
+        let w = Window::between(
+            &frame(t0, &table, &entries),
+            &frame(t0 + Duration::from_secs(1), &table, &entries),
+            &Stacking::default(),
+        );
+        assert!(!w.pressure);
+        assert_eq!(w.groups[0].pressure, None);
     }
 }

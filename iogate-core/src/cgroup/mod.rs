@@ -253,6 +253,38 @@ impl CgroupFs {
             CgroupVersion::V2 => v2::io::read_stats(&cg.0),
         }
     }
+
+    /// The cgroup's I/O pressure stall totals; `None` on cgroup v1, which
+    /// keeps none per cgroup, and where the file is missing (a vanished
+    /// cgroup, a kernel without PSI or booted with `psi=0`).
+    pub fn read_io_pressure(&self, cg: &CgroupPath) -> Result<Option<v2::io::IoPressure>, CgroupError> {
+        match self.version {
+            CgroupVersion::V1 => Ok(None),
+            CgroupVersion::V2 => v2::io::read_io_pressure(&cg.0),
+        }
+    }
+
+    /// Whether this host's kernel keeps pressure stall information per
+    /// cgroup of this hierarchy: `Err` with the reason where it does not.
+    pub fn io_pressure_kept(&self) -> Result<(), String> {
+        if self.version == CgroupVersion::V1 {
+            return Err(format!(
+                "the block-I/O hierarchy at {} is cgroup v1, which keeps no pressure stall information per cgroup \
+                 (io.pressure is a cgroup v2 file)",
+                self.mount.display()
+            ));
+        }
+        let system = self.proc.join("pressure/io");
+        match std::fs::read_to_string(&system) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!(
+                "the kernel keeps no pressure stall information: reading {} failed ({e}); a kernel built without \
+                 CONFIG_PSI, or booted with psi=0 or without psi=1 where CONFIG_PSI_DEFAULT_DISABLED is set \
+                 (Debian's kernels)",
+                system.display()
+            )),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -352,5 +384,27 @@ mod tests {
         let missing = CgroupPath::new(t.path().join("nope"));
         let e = fs.write_limits(&missing, &[want]).unwrap_err().to_string();
         assert!(e.contains("io controller must be enabled"), "{e}");
+    }
+
+    #[test]
+    fn pressure_is_kept_on_v2_with_psi_only() {
+        let t = tempfile::tempdir().unwrap();
+        let proc = t.path().join("proc");
+        let v1 = CgroupFs::new(CgroupVersion::V1, t.path()).with_proc(&proc);
+        assert!(v1.io_pressure_kept().unwrap_err().contains("cgroup v1, which keeps no pressure"));
+        assert_eq!(v1.read_io_pressure(&CgroupPath::new(t.path())).unwrap(), None);
+        let v2 = CgroupFs::new(CgroupVersion::V2, t.path()).with_proc(&proc);
+        let e = v2.io_pressure_kept().unwrap_err();
+        assert!(e.contains("pressure/io failed") && e.contains("psi=1"), "{e}");
+        std::fs::create_dir_all(proc.join("pressure")).unwrap();
+        std::fs::write(proc.join("pressure/io"), "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n").unwrap();
+        assert_eq!(v2.io_pressure_kept(), Ok(()));
+        std::fs::write(
+            t.path().join("io.pressure"),
+            "some avg10=0.00 avg60=0.00 avg300=0.00 total=70\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=7\n",
+        )
+        .unwrap();
+        let p = v2.read_io_pressure(&CgroupPath::new(t.path())).unwrap().unwrap();
+        assert_eq!((p.some.total_us, p.full.total_us), (70, 7));
     }
 }

@@ -179,6 +179,23 @@ impl PodCgroup {
         let container_id = segments.get(at + 1).and_then(|s| container_segment(s));
         Some(PodCgroup { pod_uid, container_id, qos })
     }
+
+    /// The pod's own cgroup on `path`: the path up to and including its pod
+    /// segment (`/kubepods/burstable/pod<uid>` from a container's path);
+    /// `None` when no pod cgroup is on it. What the pod as a whole shows
+    /// (its pressure stall time, which does not add up over containers) is
+    /// read there.
+    pub fn pod_dir(path: &str) -> Option<&str> {
+        let mut end = 0;
+        for segment in path.split_inclusive('/') {
+            let name = segment.trim_end_matches('/');
+            end += segment.len();
+            if !name.is_empty() && pod_segment(name).is_some() {
+                return Some(&path[..end - (segment.len() - name.len())]);
+            }
+        }
+        None
+    }
 }
 
 /// `pod<uid>` (cgroupfs) or `<level>-pod<uid_with_underscores>.slice`
@@ -225,6 +242,18 @@ mod tests {
 
     fn pod(uid: &str, cid: Option<&str>, qos: Option<QosClass>) -> Option<PodCgroup> {
         Some(PodCgroup { pod_uid: uid.parse().unwrap(), container_id: cid.map(|c| c.parse().unwrap()), qos })
+    }
+
+    #[test]
+    fn the_pod_dir_is_the_path_through_the_pod_segment() {
+        let cgroupfs = format!("/kubepods/burstable/pod{UID}");
+        assert_eq!(PodCgroup::pod_dir(&format!("{cgroupfs}/{CID}")), Some(cgroupfs.as_str()));
+        assert_eq!(PodCgroup::pod_dir(&format!("{cgroupfs}/")), Some(cgroupfs.as_str()));
+        assert_eq!(PodCgroup::pod_dir(&cgroupfs), Some(cgroupfs.as_str()));
+        let slice = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_SYSTEMD}.slice");
+        assert_eq!(PodCgroup::pod_dir(&format!("{slice}/cri-containerd-{CID}.scope")), Some(slice.as_str()));
+        assert_eq!(PodCgroup::pod_dir("/system.slice/containerd.service"), None);
+        assert_eq!(PodCgroup::pod_dir("/"), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::counters::{CgroupId, CounterSource, IoCounters, IoKey, Snapshot, SourceKind};
 use maps::{RawKey, RawStats, RawThrottle, STATS_MAP, THROTTLE_MAP, UNTRACKED_MAP};
-pub use probe::{ProbeError, ThrottleHook, Tracepoint};
+pub use probe::{Hook, ProbeError, ThrottleHook, Tracepoint};
 use probe::{Probes, ThrottleProbes};
 
 /// The program `build.rs` compiled, or why this build has none (a stub
@@ -158,22 +158,22 @@ impl EbpfSource {
     /// `None` when the kernel is not collecting them or a program's info is
     /// unreadable.
     pub fn run_stats(&self) -> Option<RunStats> {
-        self.run_stats_of(Tracepoint::ALL.map(Tracepoint::name))
+        self.run_stats_of(Tracepoint::ALL.iter().map(|tp| tp.name()))
     }
 
     /// The same for the two throttle-wait programs, which run per bio
     /// rather than per request; `None` also where they are not attached.
     pub fn throttle_run_stats(&self) -> Option<RunStats> {
         self.throttle.as_ref().ok().filter(|t| t.is_attached())?;
-        self.run_stats_of(ThrottleHook::ALL.map(ThrottleHook::name))
+        self.run_stats_of(ThrottleHook::ALL.iter().map(|hook| hook.name()))
     }
 
     /// [`EbpfSource::run_stats`] program by program: where the time goes.
     pub fn run_stats_per_program(&self) -> Option<Vec<(Tracepoint, RunStats)>> {
-        Tracepoint::ALL.into_iter().map(|tp| Some((tp, self.run_stats_of([tp.name()])?))).collect()
+        Tracepoint::ALL.iter().map(|&tp| Some((tp, self.run_stats_of([tp.name()])?))).collect()
     }
 
-    fn run_stats_of<const N: usize>(&self, programs: [&str; N]) -> Option<RunStats> {
+    fn run_stats_of<'a>(&self, programs: impl IntoIterator<Item = &'a str>) -> Option<RunStats> {
         if self.run_stats_fd.is_none() && !kernel_stats_enabled() {
             return None;
         }
@@ -266,8 +266,8 @@ impl CounterSource for EbpfSource {
         EbpfSource::forget(self, removed).map(|_| ())
     }
 
-    fn throttle_wait(&self) -> Result<(), String> {
-        self.throttle.as_ref().map(|_| ()).map_err(Clone::clone)
+    fn throttle_wait(&self) -> Result<(), &str> {
+        self.throttle.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
     fn snapshot(&mut self) -> Result<Snapshot> {

@@ -1,16 +1,50 @@
-//! The three block-request programs: loaded once, attached and detached on
-//! demand (the overhead benchmark compares both states in one run); and the
-//! two throttle-wait programs, which load only where the kernel lets
-//! tracing programs attach to kernel functions.
+//! The programs of `bpf/iogate.bpf.c`, in two sets that each load, attach
+//! and detach whole: the three block-request programs (attached and
+//! detached on demand: the overhead benchmark compares both states in one
+//! run), and the two throttle-wait programs, which load only where the
+//! kernel lets tracing programs attach to kernel functions.
 
 use aya::programs::fentry::FEntryLinkId;
 use aya::programs::tp_btf::BtfTracePointLinkId;
-use aya::programs::{BtfTracePoint, FEntry};
+use aya::programs::{BtfTracePoint, FEntry, ProgramError};
 use aya::{Btf, Ebpf};
 use thiserror::Error;
 
-/// One program of `bpf/iogate.bpf.c`; its function name and its tracepoint
-/// are the same word.
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error("expected program {0} in the eBPF object, found none")]
+    Missing(&'static str),
+    #[error("expected {name} to be a {section} program, found another program type")]
+    WrongType { name: &'static str, section: &'static str },
+    #[error("loading {section}/{target}: {source}")]
+    Load { section: &'static str, target: &'static str, source: ProgramError },
+    #[error("attaching {section}/{target}: {source}")]
+    Attach { section: &'static str, target: &'static str, source: ProgramError },
+    #[error("detaching {section}/{target}: {source}")]
+    Detach { section: &'static str, target: &'static str, source: ProgramError },
+}
+
+/// One program of a set: its name in the object, and what it attaches to,
+/// through which kind of program.
+pub trait Hook: Copy + Sized + 'static {
+    /// Every program of the set, in attach order.
+    const ALL: &'static [Self];
+    /// The ELF section prefix (`tp_btf`, `fentry`), for messages.
+    const SECTION: &'static str;
+    type Program: 'static;
+    type Link;
+
+    fn name(self) -> &'static str;
+    /// The tracepoint or kernel function it attaches to.
+    fn target(self) -> &'static str;
+    fn program(prog: &mut aya::programs::Program) -> Option<&mut Self::Program>;
+    fn load(prog: &mut Self::Program, target: &str, btf: &Btf) -> Result<(), ProgramError>;
+    fn attach(prog: &mut Self::Program) -> Result<Self::Link, ProgramError>;
+    fn detach(prog: &mut Self::Program, link: Self::Link) -> Result<(), ProgramError>;
+}
+
+/// A block-request program; its function name and its tracepoint are the
+/// same word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tracepoint {
     RqInsert,
@@ -18,42 +52,42 @@ pub enum Tracepoint {
     RqComplete,
 }
 
-impl Tracepoint {
-    pub const ALL: [Tracepoint; 3] = [Tracepoint::RqInsert, Tracepoint::RqIssue, Tracepoint::RqComplete];
+impl Hook for Tracepoint {
+    const ALL: &'static [Tracepoint] = &[Tracepoint::RqInsert, Tracepoint::RqIssue, Tracepoint::RqComplete];
+    const SECTION: &'static str = "tp_btf";
+    type Program = BtfTracePoint;
+    type Link = BtfTracePointLinkId;
 
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Tracepoint::RqInsert => "block_rq_insert",
             Tracepoint::RqIssue => "block_rq_issue",
             Tracepoint::RqComplete => "block_rq_complete",
         }
     }
+
+    fn target(self) -> &'static str {
+        self.name()
+    }
+
+    fn program(prog: &mut aya::programs::Program) -> Option<&mut BtfTracePoint> {
+        prog.try_into().ok()
+    }
+
+    fn load(prog: &mut BtfTracePoint, target: &str, btf: &Btf) -> Result<(), ProgramError> {
+        prog.load(target, btf)
+    }
+
+    fn attach(prog: &mut BtfTracePoint) -> Result<BtfTracePointLinkId, ProgramError> {
+        prog.attach()
+    }
+
+    fn detach(prog: &mut BtfTracePoint, link: BtfTracePointLinkId) -> Result<(), ProgramError> {
+        prog.detach(link)
+    }
 }
 
-#[derive(Debug, Error)]
-pub enum ProbeError {
-    #[error("expected program {0} in the eBPF object, found none")]
-    Missing(&'static str),
-    #[error("expected {0} to be a tp_btf program, found another program type")]
-    WrongType(&'static str),
-    #[error("loading tp_btf/{0}: {1}")]
-    Load(&'static str, #[source] aya::programs::ProgramError),
-    #[error("attaching tp_btf/{0}: {1}")]
-    Attach(&'static str, #[source] aya::programs::ProgramError),
-    #[error("detaching tp_btf/{0}: {1}")]
-    Detach(&'static str, #[source] aya::programs::ProgramError),
-    #[error("expected {0} to be an fentry program, found another program type")]
-    NotFEntry(&'static str),
-    #[error("loading fentry/{0}: {1}")]
-    LoadFEntry(&'static str, #[source] aya::programs::ProgramError),
-    #[error("attaching fentry/{0}: {1}")]
-    AttachFEntry(&'static str, #[source] aya::programs::ProgramError),
-    #[error("detaching fentry/{0}: {1}")]
-    DetachFEntry(&'static str, #[source] aya::programs::ProgramError),
-}
-
-/// One throttle-wait program of `bpf/iogate.bpf.c`: its name, and the
-/// kernel function it enters.
+/// A throttle-wait program: its name, and the kernel function it enters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThrottleHook {
     /// blk-throttle queues a bio over its group's limit.
@@ -63,118 +97,93 @@ pub enum ThrottleHook {
     Release,
 }
 
-impl ThrottleHook {
-    pub const ALL: [ThrottleHook; 2] = [ThrottleHook::Hold, ThrottleHook::Release];
+impl Hook for ThrottleHook {
+    const ALL: &'static [ThrottleHook] = &[ThrottleHook::Hold, ThrottleHook::Release];
+    const SECTION: &'static str = "fentry";
+    type Program = FEntry;
+    type Link = FEntryLinkId;
 
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             ThrottleHook::Hold => "throttle_hold",
             ThrottleHook::Release => "throttle_release",
         }
     }
 
-    pub fn kernel_function(self) -> &'static str {
+    fn target(self) -> &'static str {
         match self {
             ThrottleHook::Hold => "throtl_add_bio_tg",
             ThrottleHook::Release => "submit_bio_noacct_nocheck",
         }
     }
+
+    fn program(prog: &mut aya::programs::Program) -> Option<&mut FEntry> {
+        prog.try_into().ok()
+    }
+
+    fn load(prog: &mut FEntry, target: &str, btf: &Btf) -> Result<(), ProgramError> {
+        prog.load(target, btf)
+    }
+
+    fn attach(prog: &mut FEntry) -> Result<FEntryLinkId, ProgramError> {
+        prog.attach()
+    }
+
+    fn detach(prog: &mut FEntry, link: FEntryLinkId) -> Result<(), ProgramError> {
+        prog.detach(link)
+    }
 }
 
-fn fentry(ebpf: &mut Ebpf, hook: ThrottleHook) -> Result<&mut FEntry, ProbeError> {
+fn program<H: Hook>(ebpf: &mut Ebpf, hook: H) -> Result<&mut H::Program, ProbeError> {
     let name = hook.name();
     let prog = ebpf.program_mut(name).ok_or(ProbeError::Missing(name))?;
-    prog.try_into().map_err(|_| ProbeError::NotFEntry(name))
+    H::program(prog).ok_or(ProbeError::WrongType { name, section: H::SECTION })
 }
 
-/// The throttle-wait programs, loaded, and their links while attached.
-pub struct ThrottleProbes {
-    links: Vec<(ThrottleHook, FEntryLinkId)>,
+/// A set of programs, loaded into the kernel, and their links while
+/// attached.
+pub struct Links<H: Hook> {
+    links: Vec<(H, H::Link)>,
 }
 
-impl ThrottleProbes {
-    /// Loads both programs; fails where the kernel refuses fentry (a
-    /// locked-down kernel answers EPERM) or lacks either function.
-    pub fn load(ebpf: &mut Ebpf, btf: &Btf) -> Result<ThrottleProbes, ProbeError> {
-        for hook in ThrottleHook::ALL {
-            fentry(ebpf, hook)?
-                .load(hook.kernel_function(), btf)
-                .map_err(|e| ProbeError::LoadFEntry(hook.kernel_function(), e))?;
+/// The block-request programs.
+pub type Probes = Links<Tracepoint>;
+/// The throttle-wait programs: they load only where the kernel allows
+/// fentry (a locked-down kernel answers EPERM) and has both functions.
+pub type ThrottleProbes = Links<ThrottleHook>;
+
+impl<H: Hook> Links<H> {
+    /// Loads every program of the set (verifier and CO-RE relocation
+    /// happen here).
+    pub fn load(ebpf: &mut Ebpf, btf: &Btf) -> Result<Links<H>, ProbeError> {
+        for &hook in H::ALL {
+            H::load(program(ebpf, hook)?, hook.target(), btf).map_err(|source| ProbeError::Load {
+                section: H::SECTION,
+                target: hook.target(),
+                source,
+            })?;
         }
-        Ok(ThrottleProbes { links: Vec::new() })
+        Ok(Links { links: Vec::new() })
     }
 
     pub fn is_attached(&self) -> bool {
         !self.links.is_empty()
     }
 
-    /// Both or neither: a hold never released would count nothing, and
-    /// releases without holds find nothing.
+    /// Attaches all, or none: with only some of the request programs
+    /// attached, requests would be seen issued but never completed (or the
+    /// reverse) and the counts would silently fall short; a throttle hold
+    /// never released counts nothing.
     pub fn attach(&mut self, ebpf: &mut Ebpf) -> Result<(), ProbeError> {
         if self.is_attached() {
             return Ok(());
         }
-        for hook in ThrottleHook::ALL {
-            match fentry(ebpf, hook)
-                .and_then(|p| p.attach().map_err(|e| ProbeError::AttachFEntry(hook.kernel_function(), e)))
-            {
+        for &hook in H::ALL {
+            let attached = program(ebpf, hook).and_then(|p| {
+                H::attach(p).map_err(|source| ProbeError::Attach { section: H::SECTION, target: hook.target(), source })
+            });
+            match attached {
                 Ok(link) => self.links.push((hook, link)),
-                Err(e) => {
-                    let _ = self.detach(ebpf);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    pub fn detach(&mut self, ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-        let mut first_error = None;
-        for (hook, link) in self.links.drain(..) {
-            let result = fentry(ebpf, hook)
-                .and_then(|p| p.detach(link).map_err(|e| ProbeError::DetachFEntry(hook.kernel_function(), e)));
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-}
-
-/// The programs, loaded into the kernel, and their links while attached.
-pub struct Probes {
-    links: Vec<(Tracepoint, BtfTracePointLinkId)>,
-}
-
-fn program(ebpf: &mut Ebpf, tp: Tracepoint) -> Result<&mut BtfTracePoint, ProbeError> {
-    let name = tp.name();
-    let prog = ebpf.program_mut(name).ok_or(ProbeError::Missing(name))?;
-    prog.try_into().map_err(|_| ProbeError::WrongType(name))
-}
-
-impl Probes {
-    /// Loads every program (verifier and CO-RE relocation happen here).
-    pub fn load(ebpf: &mut Ebpf, btf: &Btf) -> Result<Probes, ProbeError> {
-        for tp in Tracepoint::ALL {
-            program(ebpf, tp)?.load(tp.name(), btf).map_err(|e| ProbeError::Load(tp.name(), e))?;
-        }
-        Ok(Probes { links: Vec::new() })
-    }
-
-    pub fn is_attached(&self) -> bool {
-        !self.links.is_empty()
-    }
-
-    /// Attaches all three, or none: with only some attached, requests would
-    /// be seen issued but never completed (or the reverse) and the counts
-    /// would silently fall short.
-    pub fn attach(&mut self, ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-        if self.is_attached() {
-            return Ok(());
-        }
-        for tp in Tracepoint::ALL {
-            match program(ebpf, tp).and_then(|p| p.attach().map_err(|e| ProbeError::Attach(tp.name(), e))) {
-                Ok(link) => self.links.push((tp, link)),
                 Err(e) => {
                     let _ = self.detach(ebpf);
                     return Err(e);
@@ -187,8 +196,14 @@ impl Probes {
     /// Detaches every attached program; the maps and their counters stay.
     pub fn detach(&mut self, ebpf: &mut Ebpf) -> Result<(), ProbeError> {
         let mut first_error = None;
-        for (tp, link) in self.links.drain(..) {
-            let result = program(ebpf, tp).and_then(|p| p.detach(link).map_err(|e| ProbeError::Detach(tp.name(), e)));
+        for (hook, link) in self.links.drain(..) {
+            let result = program(ebpf, hook).and_then(|p| {
+                H::detach(p, link).map_err(|source| ProbeError::Detach {
+                    section: H::SECTION,
+                    target: hook.target(),
+                    source,
+                })
+            });
             if let Err(e) = result {
                 first_error.get_or_insert(e);
             }

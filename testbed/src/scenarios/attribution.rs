@@ -2,7 +2,7 @@
 //! fallback says why not), and a pod's I/O is charged to the pod, counted
 //! within 5% of what fio did.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::notes::Notes;
@@ -17,8 +17,7 @@ pub fn pod_attributed(stack: &mut Stack, notes: &mut Notes) {
     // it does not (said in /readyz).
     let sidecar = Sidecar::start(Duration::from_secs(1), &[]).unwrap();
     let (_, ready) = sidecar.json("/readyz").unwrap();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let kernel = kernel.trim();
+    let kernel = kernel();
     match ready["source"].as_str() {
         Some("ebpf") => notes.note(format!("kernel {kernel}: the eBPF program loaded")),
         other => {
@@ -37,7 +36,7 @@ pub fn pod_attributed(stack: &mut Stack, notes: &mut Notes) {
     };
     let before = counted(&sidecar);
     let run = run_fio_and_stay(stack, &spec, job.command(DATA_IN_CONTAINER), &data);
-    assert_eq!(stack.limits_of(run.pid).unwrap(), limits(100, 100));
+    assert_eq!(stack.limits_of(run.pid).unwrap(), limits(HELD_READ_IOPS, HELD_READ_IOPS));
     wait_for_fio(stack, &run, &data, Duration::from_secs(120));
     sidecar.wait_windows(2);
     let seen = counted(&sidecar) - before;
@@ -50,6 +49,28 @@ pub fn pod_attributed(stack: &mut Stack, notes: &mut Notes) {
     ));
     assert!(did > 0.0, "fio did no reads");
     assert!((seen - did).abs() <= did * 0.05, "the sidecar counted {seen} reads for the pod, fio did {did}");
+}
+
+/// The running kernel's release, for the notes.
+pub(super) fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
+}
+
+/// The test policy's default read limit, which holds every reader below.
+const HELD_READ_IOPS: u64 = 100;
+
+/// A pod `name` whose fio reads as `job` says through `ioengine`, held by
+/// the test policy's default limits (asserted in its cgroup), and staying
+/// up after fio ends ([`run_fio_and_stay`]).
+pub(super) fn held_reader(stack: &mut Stack, name: &str, job: &Job, ioengine: &str) -> (PodSpec, PathBuf, Running) {
+    let spec = stack.pod_spec("shop", name, &[]);
+    let data = stack.data_dir(name).unwrap();
+    job.prepare(&data).unwrap();
+    let mut fio = vec!["/usr/bin/fio".to_string()];
+    fio.extend(job.args(&format!("{DATA_IN_CONTAINER}/fio.dat"), ioengine, &format!("{DATA_IN_CONTAINER}/fio.json")));
+    let run = run_fio_and_stay(stack, &spec, fio, &data);
+    assert_eq!(stack.limits_of(run.pid).unwrap(), limits(HELD_READ_IOPS, HELD_READ_IOPS));
+    (spec, data, run)
 }
 
 /// Runs `fio` (a command line) in a container of `spec` that stays up after

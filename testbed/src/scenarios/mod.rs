@@ -10,6 +10,7 @@ pub mod attribution;
 pub mod devices;
 pub mod guarantee;
 pub mod holding;
+pub mod io_pressure;
 mod notes;
 pub mod policy;
 pub mod throttle_wait;
@@ -51,6 +52,9 @@ pub enum Check {
     /// A pod held to 100 IOPS at iodepth 32: the sidecar's throttle wait
     /// within 20 % of fio's extra latency ([`throttle_wait`]).
     ThrottleWait,
+    /// A pod held to 100 IOPS with one synchronous reader: its PSI stall
+    /// time within 20 % of fio's time in reads ([`io_pressure`]).
+    IoPressure,
     /// Two disks, the first disappears: the hook's failure is reported,
     /// counted and repaired at start ([`guarantee::hook_failure_repaired`]).
     /// Takes the disk away: the stack is discarded after it.
@@ -87,6 +91,7 @@ impl Check {
             Check::SeveralDevices => "several_devices_limited_through_the_hook",
             Check::SidecarAttribution => "sidecar_attributes_a_pod_within_5_percent",
             Check::ThrottleWait => "throttle_wait_within_20_percent_of_fio",
+            Check::IoPressure => "io_pressure_within_20_percent_of_fios_time_in_reads",
             Check::HookFailureRepaired => "failed_hook_reported_counted_and_repaired",
             Check::HookFailureRefused => "failed_hook_refuses_the_container_in_strict_mode",
             Check::OutageRepaired => "pod_created_during_an_outage_limited_after_restart",
@@ -183,6 +188,7 @@ impl Scenario {
             Check::SeveralDevices => devices::several_devices(stack, notes),
             Check::SidecarAttribution => attribution::pod_attributed(stack, notes),
             Check::ThrottleWait => throttle_wait::wait_within_20_percent_of_fio(stack, notes),
+            Check::IoPressure => io_pressure::stall_of_a_throttled_reader(stack, notes),
             Check::HookFailureRepaired => guarantee::hook_failure_repaired(stack, notes),
             Check::HookFailureRefused => guarantee::hook_failure_refused_in_strict_mode(stack, notes),
             Check::OutageRepaired => guarantee::outage_repaired_after_restart(stack, notes),

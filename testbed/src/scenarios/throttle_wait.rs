@@ -13,21 +13,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::attribution::{run_fio_and_stay, wait_for_fio};
+use super::attribution::{held_reader, kernel, wait_for_fio};
 use super::notes::Notes;
-use super::policy::limits;
 use crate::fio::{read_json, Job, Rw};
 use crate::sidecar::{sum, Sidecar};
-use crate::stack::{Stack, DATA_IN_CONTAINER};
+use crate::stack::Stack;
 
-/// What the scenario's pod is limited to (the test policy's default).
-const READ_IOPS: u64 = 100;
 const IODEPTH: u32 = 32;
 const SECONDS: u32 = 8;
-
-fn kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
-}
 
 /// `/readyz`'s word on the throttle's wait: `Err(reason)` where it is not
 /// measured.
@@ -52,15 +45,9 @@ pub fn wait_within_20_percent_of_fio(stack: &mut Stack, notes: &mut Notes) {
     if let Err(why) = availability(&sidecar) {
         panic!("kernel {}: expected the throttle's wait to be measured, /readyz says: {why}", kernel());
     }
-    let spec = stack.pod_spec("shop", "held", &[]);
-    let data = stack.data_dir("held").unwrap();
     let mut job = Job::new("fio", Rw::RandRead, SECONDS);
     job.iodepth = IODEPTH;
-    job.prepare(&data).unwrap();
-    let mut fio = vec!["/usr/bin/fio".to_string()];
-    fio.extend(job.args(&format!("{DATA_IN_CONTAINER}/fio.dat"), "libaio", &format!("{DATA_IN_CONTAINER}/fio.json")));
-    let run = run_fio_and_stay(stack, &spec, fio, &data);
-    assert_eq!(stack.limits_of(run.pid).unwrap(), limits(READ_IOPS, READ_IOPS));
+    let (spec, data, run) = held_reader(stack, "held", &job, "libaio");
 
     // A window in fio's steady state: the pod's REST fields.
     std::thread::sleep(Duration::from_secs(u64::from(SECONDS) / 2));

@@ -174,10 +174,12 @@ impl NodeVm {
             // level (4), which loglevel=4 keeps off the console; every CPU's
             // backtrace with the first soft lockup; and the CPUs an
             // inter-processor call waits on for more than 5 s named.
+            // psi=1: Debian builds its kernels with PSI off unless asked
+            // (CONFIG_PSI_DEFAULT_DISABLED), as nodes that use it boot.
             .arg("-append")
             .arg(
                 "console=ttyS0 rdinit=/iogate-init panic=-1 quiet loglevel=5 systemd.show_status=0 \
-                 softlockup_all_cpu_backtrace=1 csdlock_debug=1",
+                 softlockup_all_cpu_backtrace=1 csdlock_debug=1 psi=1",
             )
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=raw,cache=unsafe", scratch.image.display()))

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use iogate_core::Device;
 use iogate_metrics_sidecar::counters::{CounterSource, Direction, IoKey};
-use iogate_metrics_sidecar::ebpf::{EbpfSource, IssueStamps, RunStats, Tracepoint};
+use iogate_metrics_sidecar::ebpf::{EbpfSource, Hook, IssueStamps, RunStats, Tracepoint};
 use iogate_testbed::fio::{Job, Rw};
 use iogate_testbed::host_io::{run_fio_on, BlkioCgroup, FioTotals, BLKIO};
 use iogate_testbed::host_lock::HostLock;
@@ -269,7 +269,7 @@ impl RunCost {
             (Some(from), Some(to)) => {
                 self.throttle_per_request.push(to.since(&from).run_time_ns as f64 / fio.ios as f64)
             }
-            _ => self.throttle_absent = source.throttle_wait().err(),
+            _ => self.throttle_absent = source.throttle_wait().err().map(str::to_string),
         }
         source.detach()?;
         self.add(used, fio.ios)
