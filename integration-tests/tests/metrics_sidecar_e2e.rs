@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use iogate_core::Device;
+use iogate_metrics_sidecar::token_review::fake_api::{self, Grant};
 use iogate_testbed::containerd_daemon::Version;
 use iogate_testbed::fio::{within, Job, Rw};
 use iogate_testbed::host_io::{diskstats, run_fio, BlkioCgroup, FioTotals};
@@ -329,6 +330,93 @@ fn a_pod_on_containerd_is_attributed_and_shown_at_its_limit_with_the_plugins_gua
     stack.start_external_plugin(&[])?;
     stack.cri().remove_all_pods()?;
     stack.finish()
+}
+
+/// `--kube-auth` in the real binary: it asks the API server its kubeconfig
+/// names (a fake answering TokenReview and SubjectAccessReview from a
+/// table) about each bearer token, lets through what RBAC grants, refuses
+/// the rest with 401 or 403, and leaves the probes open; over TLS,
+/// `kubectl iogate top --token-file` reads it. Asked for where no API is
+/// configured, it does not start.
+#[test]
+fn kube_auth_lets_through_what_rbac_grants_a_token_and_refuses_the_rest() -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let grants = vec![
+        Grant { token: "scraper", user: "system:serviceaccount:monitoring:prometheus-k8s", prefix: "/metrics" },
+        Grant { token: "viewer", user: "sre@example.com", prefix: "/api/v1/" },
+    ];
+    let api = runtime.block_on(fake_api::start(grants));
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig())?;
+    let sidecar = Sidecar::start_with_api(INTERVAL, &["--source", "cgroup-stats", "--kube-auth"], &kubeconfig)?;
+    let status = |path: &str, token: Option<&str>| -> Result<u16> {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("Authorization", b.as_str())).collect();
+        Ok(iogate_testbed::sidecar::http_get_with(sidecar.addr(), path, &headers)?.status)
+    };
+    assert_eq!(status("/healthz", None)?, 200);
+    assert_eq!(status("/readyz", None)?, 200);
+    assert_eq!(status("/metrics", None)?, 401);
+    assert_eq!(status("/metrics", Some("scraper"))?, 200, "{}", sidecar.log());
+    assert_eq!(status("/api/v1/metrics", Some("scraper"))?, 403, "RBAC grants /metrics only");
+    assert_eq!(status("/metrics", Some("stolen"))?, 401);
+    assert!(api.reviews() >= 3, "the API server was asked");
+    assert!(sidecar.log().contains("bearer tokens travel in clear"), "{}", sidecar.log());
+    drop(sidecar);
+
+    // Over TLS, as deployed: `kubectl iogate top --token-file` reads it.
+    issue_certificates(dir.path(), "iogate test CA", &["server"])?;
+    let config = dir.path().join("web.yml");
+    std::fs::write(&config, "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n")?;
+    let web_config = config.to_string_lossy().into_owned();
+    let sidecar = Sidecar::spawn_with_api(
+        INTERVAL,
+        &["--source", "cgroup-stats", "--kube-auth", "--web.config.file", &web_config],
+        &kubeconfig,
+    )?;
+    let endpoint = format!("https://{}", sidecar.addr());
+    let kubectl = |token: &str| -> Result<(Option<i32>, String)> {
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{token}\n"))?;
+        let out = Command::new(iogate_testbed::workspace_binary("kubectl-iogate")?)
+            .args(["top", "--endpoint", &endpoint, "--ca-file"])
+            .arg(dir.path().join("ca.crt"))
+            .arg("--token-file")
+            .arg(&token_file)
+            .stdin(Stdio::null())
+            .output()?;
+        Ok((out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned()))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (code, stderr) = loop {
+        let seen = kubectl("viewer")?;
+        if seen.0 == Some(0) || std::time::Instant::now() > deadline {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, Some(0), "stderr:\n{stderr}\nsidecar:\n{}", sidecar.log());
+    assert!(!sidecar.log().contains("travel in clear"), "{}", sidecar.log());
+    let (code, stderr) = kubectl("stolen")?;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{endpoint}: HTTP 401")), "{stderr}");
+    let (code, stderr) = kubectl("scraper")?;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{endpoint}: HTTP 403")), "RBAC grants the scraper /metrics only: {stderr}");
+    drop(sidecar);
+
+    let out = Command::new(iogate_testbed::workspace_binary("iogate-metrics-sidecar")?)
+        .args(["--listen", "127.0.0.1:0", "--source", "cgroup-stats", "--no-plugin", "--kube-auth"])
+        .env("KUBECONFIG", dir.path().join("absent"))
+        .env("HOME", dir.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--kube-auth: no Kubernetes API configuration"), "{stderr}");
+    Ok(())
 }
 
 /// A web config the sidecar cannot honour stops it before it serves

@@ -1,7 +1,8 @@
 //! How `--endpoint https://…` reaches a sidecar locked with
 //! `--web.config.file` (TLS, client certificates, basic auth; the
-//! Prometheus exporter convention): whom to trust, which certificate to
-//! show, and the password to send.
+//! Prometheus exporter convention) or `--kube-auth` (Kubernetes bearer
+//! tokens): whom to trust, which certificate to show, and the password or
+//! token to send.
 //!
 //! The password comes from the environment ([`PASSWORD_ENV`]), never from
 //! the command line, where every user of the machine could read it in the
@@ -28,12 +29,15 @@ pub struct AccessOptions {
     pub client_cert: Option<(PathBuf, PathBuf)>,
     /// The basic-auth user; the password is in [`PASSWORD_ENV`].
     pub user: Option<String>,
+    /// A file holding a bearer token (a service account's, or
+    /// `kubectl create token`'s), read at start.
+    pub token_file: Option<PathBuf>,
 }
 
 impl AccessOptions {
     /// Whether anything was asked beyond plain HTTP.
     pub fn any(&self) -> bool {
-        self.ca_file.is_some() || self.client_cert.is_some() || self.user.is_some()
+        self.ca_file.is_some() || self.client_cert.is_some() || self.user.is_some() || self.token_file.is_some()
     }
 }
 
@@ -54,6 +58,8 @@ pub enum AccessError {
     ColonInUser { user: String },
     #[error("{flag} {}: {why}", .path.display())]
     File { flag: &'static str, path: PathBuf, why: String },
+    #[error("--token-file {}: {why}", .path.display())]
+    Token { path: PathBuf, why: String },
     #[error("no system CA certificates found ({why}); --ca-file names the CA that signed the sidecar's certificate")]
     NoSystemRoots { why: String },
     #[error("TLS setup: {0}")]
@@ -65,10 +71,15 @@ impl DirectAccess {
     /// `--ca-file` is given) if `tls` is wanted, and the password if a user
     /// is; `password` is [`PASSWORD_ENV`]'s value.
     pub fn new(options: &AccessOptions, tls: bool, password: Option<String>) -> Result<Self, AccessError> {
-        let authorization = match &options.user {
-            None => None,
-            Some(user) if user.contains(':') => return Err(AccessError::ColonInUser { user: user.clone() }),
-            Some(user) => {
+        let authorization = match (&options.user, &options.token_file) {
+            (Some(_), Some(path)) => {
+                let why = "given with --user, and a request carries one of them".into();
+                return Err(AccessError::Token { path: path.clone(), why });
+            }
+            (None, Some(path)) => Some(bearer(path)?),
+            (None, None) => None,
+            (Some(user), None) if user.contains(':') => return Err(AccessError::ColonInUser { user: user.clone() }),
+            (Some(user), None) => {
                 let password = password.ok_or_else(|| AccessError::NoPassword { user: user.clone() })?;
                 let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
                 let mut value = http::HeaderValue::from_str(&format!("Basic {token}"))
@@ -80,6 +91,21 @@ impl DirectAccess {
         let tls = if tls { Some(TlsConnector::from(Arc::new(client_config(options)?))) } else { None };
         Ok(DirectAccess { tls, authorization })
     }
+}
+
+/// `Bearer <token>` from the token file (surrounding whitespace, such as
+/// the newline `kubectl create token > f` leaves, is not the token's).
+fn bearer(path: &Path) -> Result<http::HeaderValue, AccessError> {
+    let token_error = |why: String| AccessError::Token { path: path.to_path_buf(), why };
+    let text = std::fs::read_to_string(path).map_err(|e| token_error(format!("cannot read it: {e}")))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(token_error("expected a bearer token, found an empty file".into()));
+    }
+    let mut value = http::HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| token_error("expected a bearer token on one line of visible characters".into()))?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 fn client_config(options: &AccessOptions) -> Result<ClientConfig, AccessError> {
@@ -161,6 +187,23 @@ mod tests {
     }
 
     #[test]
+    fn the_token_file_is_sent_as_a_bearer_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "eyJhbGciOi.abc.def\n").unwrap();
+        let options = AccessOptions { token_file: Some(file.clone()), ..Default::default() };
+        let header = DirectAccess::new(&options, false, None).unwrap().authorization.unwrap();
+        assert!(header.is_sensitive());
+        assert_eq!(header.to_str().unwrap(), "Bearer eyJhbGciOi.abc.def");
+        std::fs::write(&file, "  \n").unwrap();
+        let e = DirectAccess::new(&options, false, None).err().unwrap().to_string();
+        assert_eq!(e, format!("--token-file {}: expected a bearer token, found an empty file", file.display()));
+        let both = AccessOptions { user: Some("a".into()), ..options };
+        let e = DirectAccess::new(&both, false, Some("x".into())).err().unwrap().to_string();
+        assert!(e.ends_with("given with --user, and a request carries one of them"), "{e}");
+    }
+
+    #[test]
     fn unusable_files_are_named_with_what_was_expected() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("ca.crt");
@@ -184,6 +227,7 @@ mod tests {
             ca_file: Some(ca_file.clone()),
             client_cert: Some((ca_file.clone(), not_pem.clone())),
             user: None,
+            token_file: None,
         };
         let e = DirectAccess::new(&options, true, None).err().unwrap().to_string();
         assert!(e.starts_with(&format!("--key {}: expected a PEM private key", not_pem.display())), "{e}");

@@ -27,6 +27,8 @@ Per-container block I/O from the iogate metrics sidecars, busiest first.
   --cert FILE --key FILE  for https:// endpoints: the client certificate to show (PEM)
   --user NAME             for https:// endpoints: basic auth as NAME, with the password
                           from the environment variable IOGATE_PASSWORD
+  --token-file FILE       for https:// endpoints: send the bearer token in FILE (a sidecar
+                          started with --kube-auth checks it against RBAC)
   -l, --selector SEL      sidecar pods' labels (default app.kubernetes.io/name=iogate)
   --sidecar-namespace NS  sidecar pods' namespace (default iogate-system)
   --port PORT             sidecar pods' HTTP port (default 9464)
@@ -166,6 +168,7 @@ fn parse_top(mut argv: impl Iterator<Item = String>) -> Result<Command, UsageErr
                 }
                 args.access.user = Some(user);
             }
+            "--token-file" => args.access.token_file = Some(file(&flag, value()?)?),
             "-l" | "--selector" => args.selector = value()?,
             "--sidecar-namespace" => args.sidecar_namespace = value()?,
             "--port" => {
@@ -199,8 +202,12 @@ fn parse_top(mut argv: impl Iterator<Item = String>) -> Result<Command, UsageErr
     };
     if args.access.any() && !args.endpoints.iter().any(|e| e.scheme == Scheme::Https) {
         return Err(UsageError(
-            "--ca-file, --cert, --key and --user are for https:// endpoints, and no --endpoint is https://".into(),
+            "--ca-file, --cert, --key, --user and --token-file are for https:// endpoints, and no --endpoint is https://"
+                .into(),
         ));
+    }
+    if args.access.user.is_some() && args.access.token_file.is_some() {
+        return Err(UsageError("--user and --token-file exclude each other: a request carries one of them".into()));
     }
     Ok(Command::Top(Box::new(args)))
 }
@@ -280,8 +287,11 @@ mod tests {
             ca_file: Some("ca.pem".into()),
             client_cert: Some(("c.pem".into(), "k.pem".into())),
             user: Some("p".into()),
+            token_file: None,
         };
         assert_eq!(t.access, expected);
+        let t = top(&["--endpoint=https://n", "--token-file", "/run/token"]).unwrap();
+        assert_eq!(t.access.token_file, Some("/run/token".into()));
     }
 
     #[test]
@@ -300,7 +310,11 @@ mod tests {
         );
         assert_eq!(
             error(&["--endpoint", "http://x", "--user", "prometheus"]),
-            "--ca-file, --cert, --key and --user are for https:// endpoints, and no --endpoint is https://"
+            "--ca-file, --cert, --key, --user and --token-file are for https:// endpoints, and no --endpoint is https://"
+        );
+        assert_eq!(
+            error(&["--endpoint", "https://x", "--user", "p", "--token-file", "t"]),
+            "--user and --token-file exclude each other: a request carries one of them"
         );
         assert_eq!(error(&["--endpoint", "https://x", "--user="]), r#"--user: expected a user name, found """#);
         assert_eq!(parse(["list".to_string()]).unwrap_err().0, r#"unknown command "list"; expected top"#);

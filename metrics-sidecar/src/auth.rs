@@ -2,7 +2,10 @@
 //! neither a client certificate nor a password, and a liveness probe that
 //! gets `401` restarts a healthy sidecar), everything else only with what
 //! the web config demands — a verified client certificate, basic-auth
-//! credentials that match a bcrypt hash, or both.
+//! credentials that match a bcrypt hash, or both — and, with `--kube-auth`,
+//! a Kubernetes bearer token whose user RBAC lets get the path
+//! ([`crate::token_review`]). Where both passwords and tokens are accepted,
+//! either one will do.
 //!
 //! bcrypt is slow on purpose (tens of milliseconds a check), so a check
 //! runs off the async workers, one at a time, and credentials that passed
@@ -20,6 +23,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use crate::token_review::{TokenReviewer, Verdict};
 use crate::web_config::{ClientAuth, WebConfig};
 
 /// Paths answered to anyone.
@@ -48,10 +52,14 @@ pub struct Gate {
     decoy_hash: String,
     remembered: Mutex<HashSet<[u8; 32]>>,
     checking: Semaphore,
+    /// Bearer tokens, reviewed by the API server; `None`: not accepted.
+    tokens: Option<Arc<TokenReviewer>>,
 }
 
 impl Gate {
-    pub fn new(config: &WebConfig) -> Gate {
+    /// The web config's checks, and bearer tokens where `tokens` reviews
+    /// them.
+    pub fn new(config: &WebConfig, tokens: Option<Arc<TokenReviewer>>) -> Gate {
         // At the users' cost, so that the decoy takes as long as they do.
         let decoy_hash = match config.users.values().filter_map(|h| bcrypt_cost(h)).max() {
             None => String::new(),
@@ -63,12 +71,24 @@ impl Gate {
             decoy_hash,
             remembered: Mutex::new(HashSet::new()),
             checking: Semaphore::new(1),
+            tokens,
         }
     }
 
     /// Whether this gate lets every request through.
     pub fn is_open(&self) -> bool {
-        self.users.is_empty() && self.client_auth != ClientAuth::RequireAndVerify
+        self.users.is_empty() && self.client_auth != ClientAuth::RequireAndVerify && self.tokens.is_none()
+    }
+
+    /// What a request must bring besides a certificate, in the words a
+    /// refusal uses.
+    fn credentials_wanted(&self) -> Option<&'static str> {
+        match (!self.users.is_empty(), self.tokens.is_some()) {
+            (true, true) => Some("basic-auth credentials or a Kubernetes bearer token are required"),
+            (true, false) => Some("basic-auth credentials are required"),
+            (false, true) => Some("a Kubernetes bearer token is required"),
+            (false, false) => None,
+        }
     }
 
     async fn password_matches(&self, user: &str, password: &str) -> bool {
@@ -108,25 +128,57 @@ fn bcrypt_cost(hash: &str) -> Option<u32> {
     hash.split('$').nth(2)?.parse().ok()
 }
 
-fn basic_credentials(request: &Request) -> Option<(String, String)> {
+/// What the `Authorization` header carries.
+enum Credentials {
+    Basic { user: String, password: String },
+    Bearer(String),
+}
+
+fn credentials(request: &Request) -> Option<Credentials> {
     let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.split_once(' ')?;
+    let (scheme, rest) = value.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        let token = rest.trim();
+        return (!token.is_empty()).then(|| Credentials::Bearer(token.to_string()));
+    }
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
     let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
-    Some((user.to_string(), password.to_string()))
+    Some(Credentials::Basic { user: user.to_string(), password: password.to_string() })
 }
 
-fn unauthorized(why: &'static str, basic: bool) -> Response {
-    let mut response = (StatusCode::UNAUTHORIZED, format!("{why}\n")).into_response();
+fn refused(status: StatusCode, why: impl Into<String>, basic: bool) -> Response {
+    let mut response = (status, format!("{}\n", why.into())).into_response();
     if basic {
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"iogate\""));
     }
     response
+}
+
+fn unauthorized(why: impl Into<String>, basic: bool) -> Response {
+    refused(StatusCode::UNAUTHORIZED, why, basic)
+}
+
+/// The API server's word on a bearer token, as the response to send when
+/// it is not a yes.
+async fn token_refusal(tokens: &TokenReviewer, token: &str, path: &str) -> Option<Response> {
+    match tokens.check(token, path).await {
+        Ok(Verdict::Allowed) => None,
+        Ok(Verdict::Unauthenticated { why }) => {
+            Some(unauthorized(format!("the bearer token was not accepted: {why}"), false))
+        }
+        Ok(Verdict::Forbidden { user, why }) => {
+            Some(refused(StatusCode::FORBIDDEN, format!("{user} may not get {path}: {why}"), false))
+        }
+        Err(e) => {
+            tracing::warn!("refusing a request with a bearer token: {e}");
+            Some(refused(StatusCode::SERVICE_UNAVAILABLE, format!("the bearer token could not be checked: {e}"), false))
+        }
+    }
 }
 
 /// The middleware `serve` puts in front of every route.
@@ -141,13 +193,22 @@ pub async fn check(request: Request, next: Next) -> Response {
     if gate.client_auth == ClientAuth::RequireAndVerify && !peer_certificate {
         return unauthorized("a client certificate signed by the client CA is required", false);
     }
-    if !gate.users.is_empty() {
-        let Some((user, password)) = basic_credentials(&request) else {
-            return unauthorized("basic-auth credentials are required", true);
-        };
-        if !gate.password_matches(&user, &password).await {
-            return unauthorized("wrong user name or password", true);
+    let Some(wanted) = gate.credentials_wanted() else {
+        return next.run(request).await;
+    };
+    let basic = !gate.users.is_empty();
+    match (credentials(&request), &gate.tokens) {
+        (Some(Credentials::Basic { user, password }), _) if basic => {
+            if !gate.password_matches(&user, &password).await {
+                return unauthorized("wrong user name or password", true);
+            }
         }
+        (Some(Credentials::Bearer(token)), Some(tokens)) => {
+            if let Some(refusal) = token_refusal(tokens, &token, request.uri().path()).await {
+                return refusal;
+            }
+        }
+        _ => return unauthorized(wanted, basic),
     }
     next.run(request).await
 }
@@ -177,7 +238,7 @@ mod tests {
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(|| async { "ready" }))
             .layer(axum::middleware::from_fn(check));
-        App { router, gate: Arc::new(Gate::new(&config)) }
+        App { router, gate: Arc::new(Gate::new(&config, None)) }
     }
 
     async fn status(app: &App, path: &str, auth: Option<&str>, certificate: bool) -> StatusCode {
@@ -246,7 +307,7 @@ mod tests {
     fn the_decoy_costs_what_the_users_hashes_cost() {
         assert_eq!(bcrypt_cost(&bcrypt::hash("x", 5).unwrap()), Some(5));
         let config = WebConfig { users: [("a".into(), bcrypt::hash("x", 5).unwrap())].into(), ..WebConfig::open() };
-        assert_eq!(bcrypt_cost(&Gate::new(&config).decoy_hash), Some(5));
+        assert_eq!(bcrypt_cost(&Gate::new(&config, None).decoy_hash), Some(5));
     }
 
     #[tokio::test]
@@ -254,5 +315,53 @@ mod tests {
         let app = app(&[], ClientAuth::None);
         let request = Request::get("/metrics").body(Body::empty()).unwrap();
         assert_eq!(app.router.oneshot(request).await.unwrap().status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    async fn with_tokens(users: &[(&str, &str)], api: &crate::token_review::fake_api::FakeApi) -> App {
+        let mut app = app(users, ClientAuth::None);
+        let config = WebConfig {
+            users: users.iter().map(|(u, p)| (u.to_string(), bcrypt::hash(p, 4).unwrap())).collect(),
+            ..WebConfig::open()
+        };
+        app.gate = Arc::new(Gate::new(&config, Some(Arc::new(TokenReviewer::new(api.client())))));
+        app
+    }
+
+    #[tokio::test]
+    async fn a_bearer_token_is_let_through_where_rbac_grants_its_user_the_path() {
+        use crate::token_review::fake_api::{start, Grant};
+        let api = start(vec![Grant {
+            token: "scraper",
+            user: "system:serviceaccount:monitoring:prometheus",
+            prefix: "/metrics",
+        }])
+        .await;
+        let tokens = with_tokens(&[], &api).await;
+        assert_eq!(status(&tokens, "/metrics", Some("Bearer scraper"), false).await, StatusCode::OK);
+        assert_eq!(status(&tokens, "/api/v1/metrics", Some("Bearer scraper"), false).await, StatusCode::FORBIDDEN);
+        for wrong in [None, Some("Bearer stolen"), Some("Bearer "), Some("Basic c2NyYXBlcjp4")] {
+            assert_eq!(status(&tokens, "/metrics", wrong, false).await, StatusCode::UNAUTHORIZED, "{wrong:?}");
+        }
+        for probe in OPEN_PATHS {
+            assert_eq!(status(&tokens, probe, None, false).await, StatusCode::OK, "{probe}");
+        }
+        // With passwords too, either will do.
+        let both = with_tokens(&[("prometheus", "pw")], &api).await;
+        assert_eq!(status(&both, "/metrics", Some(&basic("prometheus", "pw")), false).await, StatusCode::OK);
+        assert_eq!(status(&both, "/metrics", Some("Bearer scraper"), false).await, StatusCode::OK);
+        assert_eq!(status(&both, "/metrics", Some(&basic("prometheus", "no")), false).await, StatusCode::UNAUTHORIZED);
+        // Tokens are not accepted where --kube-auth is off.
+        let passwords_only = app(&[("prometheus", "pw")], ClientAuth::None);
+        assert_eq!(status(&passwords_only, "/metrics", Some("Bearer scraper"), false).await, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn an_api_server_that_cannot_be_asked_refuses_with_503() {
+        use crate::token_review::fake_api::start;
+        let api = start(Vec::new()).await;
+        let tokens = with_tokens(&[], &api).await;
+        drop(api);
+        assert_eq!(status(&tokens, "/metrics", Some("Bearer scraper"), false).await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status(&tokens, "/healthz", None, false).await, StatusCode::OK);
     }
 }

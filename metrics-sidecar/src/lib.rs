@@ -54,6 +54,7 @@ pub mod sampler;
 pub mod serve;
 pub mod stacking;
 pub mod state;
+pub mod token_review;
 pub mod web_access;
 pub mod web_config;
 pub mod window;

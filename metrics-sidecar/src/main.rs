@@ -19,6 +19,7 @@ use iogate_metrics_sidecar::pods::{DirectoryStatus, PodDirectory};
 use iogate_metrics_sidecar::sampler::Sampler;
 use iogate_metrics_sidecar::serve::{self, Bounds};
 use iogate_metrics_sidecar::state::{PodsStatus, SidecarState};
+use iogate_metrics_sidecar::token_review::TokenReviewer;
 use iogate_metrics_sidecar::web_access::WebAccess;
 use iogate_metrics_sidecar::web_config::WebConfig;
 
@@ -42,6 +43,10 @@ usage: iogate-metrics-sidecar [options]
   --web.config.file F  TLS and basic auth, in prometheus/exporter-toolkit's
                        format (/healthz and /readyz stay open); reloaded
                        when it or the files it names change
+  --kube-auth          also accept Kubernetes bearer tokens whose user RBAC
+                       lets get the path (nonResourceURLs), checked with
+                       TokenReview and SubjectAccessReview; without a web
+                       config, tokens are then required
 
 Environment: IOGATE_LOG (log filter, default info).";
 
@@ -62,6 +67,7 @@ struct Args {
     cgroup_mode: CgroupMode,
     plugin: Option<SocketAddr>,
     web_config: Option<std::path::PathBuf>,
+    kube_auth: bool,
 }
 
 fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args> {
@@ -74,6 +80,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args> {
         cgroup_mode: CgroupMode::Auto,
         plugin: Some("127.0.0.1:9465".parse().expect("valid default address")),
         web_config: None,
+        kube_auth: false,
     };
     while let Some(flag) = argv.next() {
         let mut value = || argv.next().with_context(|| format!("{flag} expects a value"));
@@ -108,6 +115,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args> {
             }
             "--no-plugin" => args.plugin = None,
             "--web.config.file" => args.web_config = Some(value()?.into()),
+            "--kube-auth" => args.kube_auth = true,
             "--cgroup-version" => {
                 let v = value()?;
                 args.cgroup_mode = v.parse().map_err(|e| anyhow::anyhow!("--cgroup-version: {e}"))?;
@@ -119,7 +127,30 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args> {
             other => bail!("unknown argument {other:?}"),
         }
     }
+    if args.kube_auth && !args.kubernetes {
+        bail!("--kube-auth asks the Kubernetes API about each token, which --no-kubernetes forbids: give one of them");
+    }
     Ok(args)
+}
+
+/// The reviewer of bearer tokens, with `--kube-auth`: the API must be
+/// configured (in-cluster or a kubeconfig), or the sidecar does not start,
+/// so that a lock asked for is never silently missing.
+async fn token_reviewer(args: &Args) -> Result<Option<Arc<TokenReviewer>>> {
+    if !args.kube_auth {
+        return Ok(None);
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("--kube-auth: no Kubernetes API configuration (neither in-cluster nor a kubeconfig)")?;
+    let plain = args.web_config.is_none();
+    if plain {
+        tracing::warn!(
+            "--kube-auth without a web config: bearer tokens travel in clear; serve TLS with --web.config.file"
+        );
+    }
+    tracing::info!("bearer tokens are checked with TokenReview and SubjectAccessReview");
+    Ok(Some(Arc::new(TokenReviewer::new(client))))
 }
 
 /// The eBPF program if it loads; else, unless eBPF was required, the
@@ -206,12 +237,13 @@ fn run_sampler(shared: Arc<SidecarState>, mut sampler: Sampler, mut cgroups: Hos
 async fn run(args: Args) -> Result<()> {
     // First: a config that does not load must stop the sidecar before it
     // serves anything in the open.
+    let tokens = token_reviewer(&args).await?;
     let access = match &args.web_config {
         Some(path) => {
             let config = WebConfig::load(path).context("--web.config.file")?;
-            WebAccess::watch(path.clone(), config, WEB_CONFIG_POLL).await
+            WebAccess::watch(path.clone(), config, WEB_CONFIG_POLL, tokens).await
         }
-        None => WebAccess::fixed(&WebConfig::open()),
+        None => WebAccess::fixed(&WebConfig::open(), tokens),
     };
     let fs = CgroupFs::detect(args.cgroup_mode).context("finding the cgroup hierarchy with the io controller")?;
     let (source, ebpf_error) = choose_source(args.source, &fs)?;

@@ -191,7 +191,13 @@ mod tests {
                 "late"
             }),
         );
-        tokio::spawn(serve(listener, router, bounds, WebAccess::fixed(&WebConfig::open()), std::future::pending()));
+        tokio::spawn(serve(
+            listener,
+            router,
+            bounds,
+            WebAccess::fixed(&WebConfig::open(), None),
+            std::future::pending(),
+        ));
         addr
     }
 

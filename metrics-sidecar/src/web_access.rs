@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::Gate;
+use crate::token_review::TokenReviewer;
 use crate::web_config::WebConfig;
 
 /// What a newly accepted connection is served by.
@@ -29,11 +30,13 @@ pub struct Access {
 
 impl Access {
     /// Blocks for a bcrypt hash when the config has users (see [`Gate::new`]).
-    fn new(config: &WebConfig) -> Access {
-        Access { tls: config.tls.clone().map(TlsAcceptor::from), gate: Arc::new(Gate::new(config)) }
+    fn new(config: &WebConfig, tokens: &Option<Arc<TokenReviewer>>) -> Access {
+        Access { tls: config.tls.clone().map(TlsAcceptor::from), gate: Arc::new(Gate::new(config, tokens.clone())) }
     }
 }
 
+/// The access in force; bearer tokens, where accepted, are reviewed the
+/// same way whatever the web config says, across its reloads.
 pub struct WebAccess {
     current: ArcSwap<Access>,
 }
@@ -41,18 +44,24 @@ pub struct WebAccess {
 impl WebAccess {
     /// Serves by `config` for good (no file to watch, as without
     /// `--web.config.file`).
-    pub fn fixed(config: &WebConfig) -> Arc<WebAccess> {
-        Arc::new(WebAccess { current: ArcSwap::from_pointee(Access::new(config)) })
+    pub fn fixed(config: &WebConfig, tokens: Option<Arc<TokenReviewer>>) -> Arc<WebAccess> {
+        Arc::new(WebAccess { current: ArcSwap::from_pointee(Access::new(config, &tokens)) })
     }
 
     /// Serves by `config`, loaded from `path`, and looks at its files every
     /// `every` for a change (on a tokio runtime, until the returned value is
     /// dropped).
-    pub async fn watch(path: PathBuf, config: WebConfig, every: Duration) -> Arc<WebAccess> {
+    pub async fn watch(
+        path: PathBuf,
+        config: WebConfig,
+        every: Duration,
+        tokens: Option<Arc<TokenReviewer>>,
+    ) -> Arc<WebAccess> {
         let files = config.files.clone();
-        let access = tokio::task::spawn_blocking(move || Access::new(&config)).await.expect("building a gate");
+        let first = tokens.clone();
+        let access = tokio::task::spawn_blocking(move || Access::new(&config, &first)).await.expect("building a gate");
         let live = Arc::new(WebAccess { current: ArcSwap::from_pointee(access) });
-        tokio::spawn(poll(Arc::downgrade(&live), path, files, every));
+        tokio::spawn(poll(Arc::downgrade(&live), path, files, every, tokens));
         live
     }
 
@@ -61,7 +70,13 @@ impl WebAccess {
     }
 }
 
-async fn poll(live: Weak<WebAccess>, path: PathBuf, mut files: Vec<PathBuf>, every: Duration) {
+async fn poll(
+    live: Weak<WebAccess>,
+    path: PathBuf,
+    mut files: Vec<PathBuf>,
+    every: Duration,
+    tokens: Option<Arc<TokenReviewer>>,
+) {
     let mut seen = fingerprint(&files);
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -76,8 +91,9 @@ async fn poll(live: Weak<WebAccess>, path: PathBuf, mut files: Vec<PathBuf>, eve
         }
         seen = now;
         let from = path.clone();
+        let tokens = tokens.clone();
         let reloaded = tokio::task::spawn_blocking(move || {
-            WebConfig::load(&from).map(|config| (config.files.clone(), Access::new(&config)))
+            WebConfig::load(&from).map(|config| (config.files.clone(), Access::new(&config, &tokens)))
         })
         .await
         .expect("loading the web config");

@@ -35,13 +35,34 @@ impl Sidecar {
     /// (`--web.config.file`) does not answer the plain-HTTP readiness
     /// check, so its caller waits its own way.
     pub fn spawn(interval: Duration, extra: &[&str]) -> Result<Sidecar> {
+        Sidecar::spawn_with(interval, extra, None)
+    }
+
+    /// As [`Sidecar::start`], with the Kubernetes API that `kubeconfig`
+    /// names instead of `--no-kubernetes`.
+    pub fn start_with_api(interval: Duration, extra: &[&str], kubeconfig: &std::path::Path) -> Result<Sidecar> {
+        let sidecar = Sidecar::spawn_with_api(interval, extra, kubeconfig)?;
+        sidecar.wait_ready(Duration::from_secs(30))?;
+        Ok(sidecar)
+    }
+
+    /// As [`Sidecar::start_with_api`], without waiting (see [`Sidecar::spawn`]).
+    pub fn spawn_with_api(interval: Duration, extra: &[&str], kubeconfig: &std::path::Path) -> Result<Sidecar> {
+        Sidecar::spawn_with(interval, extra, Some(kubeconfig))
+    }
+
+    fn spawn_with(interval: Duration, extra: &[&str], kubeconfig: Option<&std::path::Path>) -> Result<Sidecar> {
         let dir = tempfile::tempdir()?;
         // Port 0 picks a free port; the sidecar binds it right after.
         let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let mut cmd = Command::new(workspace_binary("iogate-metrics-sidecar")?);
         cmd.arg("--listen").arg(addr.to_string());
         cmd.arg("--interval").arg(interval.as_secs_f64().to_string());
-        cmd.arg("--no-kubernetes").args(extra);
+        match kubeconfig {
+            Some(path) => cmd.env("KUBECONFIG", path).env_remove("KUBERNETES_SERVICE_HOST"),
+            None => cmd.arg("--no-kubernetes"),
+        };
+        cmd.args(extra);
         if !extra.contains(&"--plugin") {
             cmd.arg("--no-plugin");
         }

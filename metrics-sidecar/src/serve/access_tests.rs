@@ -45,7 +45,7 @@ fn write_config(dir: &Path, password: &str) -> PathBuf {
 async fn start(dir: &Path) -> Server {
     let path = write_config(dir, "right");
     let config = WebConfig::load(&path).unwrap();
-    let access = WebAccess::watch(path, config, POLL).await;
+    let access = WebAccess::watch(path, config, POLL, None).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = Router::new().route("/metrics", get(|| async { "data" })).route("/healthz", get(|| async { "ok" }));
