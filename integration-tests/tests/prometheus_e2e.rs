@@ -394,6 +394,11 @@ struct Truth<'a> {
     limits: BTreeMap<(String, String, String), f64>,
     /// The sidecar's REST answer for the pod at the end of the window.
     rest: Value,
+    /// Whether this host measures blk-throttle's wait and the stall time,
+    /// as the scraped sidecar says: the panels of what it does not measure
+    /// must be empty, never zeros.
+    throttle_wait_measured: bool,
+    stall_measured: bool,
     report: Vec<String>,
 }
 
@@ -425,7 +430,43 @@ impl Truth<'_> {
         Ok(out)
     }
 
+    /// A panel of something this host may not measure: empty where it does
+    /// not, and where it does, samples within `range`.
+    fn measured_here(
+        &mut self,
+        title: &str,
+        ref_id: &str,
+        points: &[Point],
+        measured: bool,
+        range: std::ops::RangeInclusive<f64>,
+    ) -> Result<()> {
+        if !measured {
+            ensure!(points.is_empty(), "{title} {ref_id}: not measured here, expected no series, found {points:?}");
+            self.report.push(format!("{title} {ref_id}: empty, as this host does not measure it"));
+            return Ok(());
+        }
+        ensure!(!points.is_empty(), "{title} {ref_id}: measured here, but the query returned nothing");
+        for p in points {
+            ensure!(range.contains(&p.value), "{title} {ref_id}: expected a value in {range:?}, found {p:?}");
+        }
+        self.report.push(format!("{title} {ref_id}: {:?}", points.iter().map(|p| p.value).collect::<Vec<_>>()));
+        Ok(())
+    }
+
     fn check(&mut self, title: &str, ref_id: &str, points: &[Point]) -> Result<bool> {
+        match title {
+            "Throttle wait per held bio (own limit)" => {
+                // Held at 300 IOPS at depth 8: some ms per bio, at most seconds.
+                self.measured_here(title, ref_id, points, self.throttle_wait_measured, 1e-6..=10.0)?;
+                return Ok(true);
+            }
+            "I/O stall time (PSI, cgroup v2)" => {
+                // A share of the time.
+                self.measured_here(title, ref_id, points, self.stall_measured, 0.0..=1.05)?;
+                return Ok(true);
+            }
+            _ => {}
+        }
         ensure!(!points.is_empty(), "{title} {ref_id}: the query returned nothing");
         match (title, ref_id) {
             ("IOPS per pod", "A") => {
@@ -550,6 +591,14 @@ impl Truth<'_> {
             }
             ("Sidecar: eBPF loaded", "A") => {
                 ensure!(points.len() == 1 && points[0].value == 1.0, "{title}: expected 1, found {points:?}");
+            }
+            ("Sidecar: throttle wait measured", "A") => {
+                let want = f64::from(u8::from(self.throttle_wait_measured));
+                ensure!(points.len() == 1 && points[0].value == want, "{title}: expected {want}, found {points:?}");
+            }
+            ("Sidecar: stall time measured", "A") => {
+                let want = f64::from(u8::from(self.stall_measured));
+                ensure!(points.len() == 1 && points[0].value == want, "{title}: expected {want}, found {points:?}");
             }
             ("Sidecar: pods synced", "A") => {
                 // No Kubernetes here (--no-kubernetes): the sidecar never
@@ -803,6 +852,15 @@ fn dashboard_counts_each_request_once(major: u32) -> Result<()> {
         "expected fio's containers' top-layer series on {loop_device} only, found {top:?}"
     );
 
+    // What the host measures, from the sidecar's own gauges (checked
+    // against /readyz's reasons in metrics_sidecar_e2e).
+    let gauge = |name: &str| -> Result<bool> {
+        let points = prometheus.query(name, end)?;
+        ensure!(points.len() == 1, "expected one {name} series, found {points:?}");
+        Ok(points[0].value == 1.0)
+    };
+    let (throttle_wait_measured, stall_measured) =
+        (gauge("iogate_sidecar_throttle_wait_measured")?, gauge("iogate_sidecar_io_pressure_measured")?);
     let mut truth = Truth {
         prometheus: &prometheus,
         at: end,
@@ -816,6 +874,8 @@ fn dashboard_counts_each_request_once(major: u32) -> Result<()> {
         writer: writer_id.clone(),
         limits,
         rest: rest["pod_metrics"].clone(),
+        throttle_wait_measured,
+        stall_measured,
         report: Vec::new(),
     };
     let mut checked = 0;
@@ -832,7 +892,7 @@ fn dashboard_counts_each_request_once(major: u32) -> Result<()> {
             checked += 1;
         }
     }
-    ensure!(checked >= 14, "expected every panel query checked, only {checked}");
+    ensure!(checked >= 21, "expected every panel query checked, only {checked}");
     eprintln!(
         "{}: {checked} dashboard queries and 2 variables checked:\n  {}",
         prometheus.version,
