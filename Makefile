@@ -7,7 +7,7 @@ CARGO ?= cargo
 # toolchain is a build error, not a stub sidecar (metrics-sidecar/build.rs).
 export IOGATE_BPF ?= require
 
-.PHONY: demo test deps containerd vm build bench fuzz
+.PHONY: demo test deps containerd vm build image bench fuzz
 
 ## Local demo: a real containerd with the iogate NRI plugin, a throttled pod
 ## and an annotated one on a loop-device disk; prints limits and measured IOPS.
@@ -35,6 +35,12 @@ vm: containerd
 
 build:
 	$(CARGO) build --workspace --all-targets
+
+## deploy/Dockerfile's image without Docker: an OCI layout tarball of the
+## release binaries under .cache/image, for `ctr images import`.
+image: deps
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) run --release -p iogate-tools --bin iogate-image
 
 bench: deps containerd
 	scripts/bench.sh

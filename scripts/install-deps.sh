@@ -15,7 +15,8 @@ PACKAGES=(
   runc              # the OCI runtime containerd's shims and podman drive
   podman            # runs the OCI-hook (createRuntime) end-to-end tests
   fio               # the I/O load inside test containers; copied into the test image
-  busybox-static    # the test image's userland (/bin/busybox, statically linked)
+  busybox-static    # the test image's userland and the iogate image's shell (/bin/busybox, static)
+  binutils          # strip: the iogate image's binaries go in without debug info
   e2fsprogs         # mkfs.ext4 for the loop-device data disks
   util-linux        # losetup, mount, umount, chroot for the loop-disk and image fixtures
   make pkg-config   # the Makefile, and -sys crates that locate C libraries

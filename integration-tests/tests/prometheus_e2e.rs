@@ -701,6 +701,7 @@ fn dashboard_counts_each_request_once(major: u32) -> Result<()> {
         image,
         command: queued_fio(&writer),
         mounts: vec![(data.clone(), DATA_IN_CONTAINER.to_string())],
+        ..Default::default()
     };
     let writer_id = stack
         .cri()

@@ -43,6 +43,47 @@ pub struct ContainerSpec {
     pub command: Vec<String>,
     /// host path → container path, read-write.
     pub mounts: Vec<(PathBuf, String)>,
+    pub security: Security,
+}
+
+/// A container's security context, in the terms the kubelet passes to the
+/// CRI. The default is the testbed's ordinary container: the runtime's
+/// defaults, no seccomp profile.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Security {
+    pub run_as_user: Option<i64>,
+    pub readonly_rootfs: bool,
+    /// `allowPrivilegeEscalation: false`.
+    pub no_new_privs: bool,
+    /// Capability names as a pod spec gives them (`ALL`, `BPF`): containerd
+    /// adds the `CAP_` prefix.
+    pub add_capabilities: Vec<String>,
+    pub drop_capabilities: Vec<String>,
+    /// seccomp `RuntimeDefault`: the runtime's own default profile.
+    pub seccomp_runtime_default: bool,
+}
+
+impl Security {
+    fn to_cri(&self) -> cri::LinuxContainerSecurityContext {
+        let capabilities =
+            (!self.add_capabilities.is_empty() || !self.drop_capabilities.is_empty()).then(|| cri::Capability {
+                add_capabilities: self.add_capabilities.clone(),
+                drop_capabilities: self.drop_capabilities.clone(),
+                ..Default::default()
+            });
+        cri::LinuxContainerSecurityContext {
+            namespace_options: Some(host_network()),
+            capabilities,
+            run_as_user: self.run_as_user.map(|value| cri::Int64Value { value }),
+            readonly_rootfs: self.readonly_rootfs,
+            no_new_privs: self.no_new_privs,
+            seccomp: self.seccomp_runtime_default.then(|| cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
 }
 
 impl Cri {
@@ -143,10 +184,7 @@ impl Cri {
                 .collect(),
             log_path: format!("{}.log", spec.name),
             linux: Some(cri::LinuxContainerConfig {
-                security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(host_network()),
-                    ..Default::default()
-                }),
+                security_context: Some(spec.security.to_cri()),
                 ..Default::default()
             }),
             ..Default::default()

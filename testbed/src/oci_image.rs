@@ -98,6 +98,100 @@ fn put_blob(blobs: &Path, bytes: &[u8]) -> Result<(String, u64)> {
     Ok((digest, bytes.len() as u64))
 }
 
+/// What an image runs by default, as its OCI config says.
+pub struct ImageConfig<'a> {
+    pub env: &'a [&'a str],
+    pub cmd: &'a [&'a str],
+    pub labels: &'a [(&'a str, &'a str)],
+}
+
+/// Packs `rootfs` as a one-layer OCI image-layout tarball at `tarball`,
+/// named `reference` (for `ctr images import` and `podman load`). Owners and
+/// times are fixed, so the same root gives the same digests.
+pub fn pack_layout(rootfs: &Path, config: &ImageConfig, reference: &str, tarball: &Path) -> Result<()> {
+    let work = tarball.with_extension("layout");
+    let _ = std::fs::remove_dir_all(&work);
+    let blobs = work.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
+    let layer = blobs.join("layer.tar");
+    run(Command::new("tar")
+        .args(["--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner", "-C"])
+        .arg(rootfs)
+        .arg("-cf")
+        .arg(&layer)
+        .arg("."))?;
+    let layer_digest = sha256_of(&layer)?;
+    let layer_size = std::fs::metadata(&layer)?.len();
+    std::fs::rename(&layer, blobs.join(&layer_digest))?;
+
+    let labels: serde_json::Map<String, serde_json::Value> =
+        config.labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let config = json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Env": config.env, "Cmd": config.cmd, "WorkingDir": "/", "Labels": labels },
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_digest}")] }
+    });
+    let (config_digest, config_size) = put_blob(&blobs, &serde_json::to_vec(&config)?)?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{config_digest}"), "size": config_size },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{layer_digest}"), "size": layer_size }]
+    });
+    let (manifest_digest, manifest_size) = put_blob(&blobs, &serde_json::to_vec(&manifest)?)?;
+    let tag = reference.rsplit_once(':').map(|(_, t)| t).filter(|t| !t.contains('/')).unwrap_or("latest");
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{manifest_digest}"),
+            "size": manifest_size,
+            "platform": { "architecture": "amd64", "os": "linux" },
+            "annotations": {
+                "io.containerd.image.name": reference,
+                "org.opencontainers.image.ref.name": tag
+            }
+        }]
+    });
+    std::fs::write(work.join("index.json"), serde_json::to_vec(&index)?)?;
+    std::fs::write(work.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    // Docker's manifest.json too, so `podman load` names the image.
+    let docker = json!([{
+        "Config": format!("blobs/sha256/{config_digest}"),
+        "RepoTags": [reference],
+        "Layers": [format!("blobs/sha256/{layer_digest}")]
+    }]);
+    std::fs::write(work.join("manifest.json"), serde_json::to_vec(&docker)?)?;
+    let partial = tarball.with_extension("partial");
+    run(Command::new("tar").arg("-C").arg(&work).arg("-cf").arg(&partial).arg("."))?;
+    std::fs::rename(&partial, tarball)?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// The paths in the image's layer, as `./usr/local/bin/...`, sorted.
+pub fn layer_paths(tarball: &Path) -> Result<Vec<String>> {
+    let index: serde_json::Value =
+        serde_json::from_str(&run(Command::new("tar").arg("-xOf").arg(tarball).arg("./index.json"))?)
+            .context("index.json of the image is not JSON")?;
+    let blob = |digest: &serde_json::Value| -> Result<String> {
+        let d = digest.as_str().context("expected a digest string")?.trim_start_matches("sha256:");
+        Ok(format!("./blobs/sha256/{d}"))
+    };
+    let manifest: serde_json::Value = serde_json::from_str(&run(Command::new("tar")
+        .arg("-xOf")
+        .arg(tarball)
+        .arg(blob(&index["manifests"][0]["digest"])?))?)
+    .context("the image's manifest is not JSON")?;
+    let layer = blob(&manifest["layers"][0]["digest"])?;
+    let listing = run(Command::new("sh").arg("-c").arg("tar -xOf \"$0\" \"$1\" | tar -t").arg(tarball).arg(&layer))?;
+    let mut paths: Vec<String> = listing.lines().map(|l| l.trim_end_matches('/').to_string()).collect();
+    paths.sort();
+    Ok(paths)
+}
+
 /// Builds the image under `dest_dir` (reused when already there).
 pub fn build_test_image(dest_dir: &Path) -> Result<TestImage> {
     let rootfs = dest_dir.join("rootfs");
@@ -111,68 +205,14 @@ pub fn build_test_image(dest_dir: &Path) -> Result<TestImage> {
     std::fs::create_dir_all(dest_dir).with_context(|| format!("creating {}", dest_dir.display()))?;
     build_rootfs(&rootfs)?;
 
-    let layout = dest_dir.join("layout");
-    let blobs = layout.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs)?;
-    let layer = blobs.join("layer.tar");
-    // Fixed owner and times: the same inputs give the same digest.
-    run(Command::new("tar")
-        .args(["--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner", "-C"])
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&layer)
-        .arg("."))?;
-    let layer_digest = sha256_of(&layer)?;
-    let layer_size = std::fs::metadata(&layer)?.len();
-    std::fs::rename(&layer, blobs.join(&layer_digest))?;
-
-    let config = json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {
-            "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
-            // Cmd, not Entrypoint: `podman run IMAGE fio ...` and CRI
-            // containers replace it instead of appending to it.
-            "Cmd": ["/bin/sleep", "2147483647"],
-            "WorkingDir": "/"
-        },
-        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_digest}")] }
-    });
-    let (config_digest, config_size) = put_blob(&blobs, &serde_json::to_vec(&config)?)?;
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{config_digest}"), "size": config_size },
-        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{layer_digest}"), "size": layer_size }]
-    });
-    let (manifest_digest, manifest_size) = put_blob(&blobs, &serde_json::to_vec(&manifest)?)?;
-    let index = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": format!("sha256:{manifest_digest}"),
-            "size": manifest_size,
-            "platform": { "architecture": "amd64", "os": "linux" },
-            "annotations": {
-                "io.containerd.image.name": REFERENCE,
-                "org.opencontainers.image.ref.name": "latest"
-            }
-        }]
-    });
-    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
-    std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    // Docker's manifest.json too, so `podman load` names the image.
-    let docker = json!([{
-        "Config": format!("blobs/sha256/{config_digest}"),
-        "RepoTags": [REFERENCE],
-        "Layers": [format!("blobs/sha256/{layer_digest}")]
-    }]);
-    std::fs::write(layout.join("manifest.json"), serde_json::to_vec(&docker)?)?;
-    let partial = dest_dir.join("partial.tar");
-    run(Command::new("tar").arg("-C").arg(&layout).arg("-cf").arg(&partial).arg("."))?;
-    std::fs::rename(&partial, &tarball)?;
-    let _ = std::fs::remove_dir_all(&layout);
+    let config = ImageConfig {
+        env: &["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+        // Cmd, not Entrypoint: `podman run IMAGE fio ...` and CRI
+        // containers replace it instead of appending to it.
+        cmd: &["/bin/sleep", "2147483647"],
+        labels: &[],
+    };
+    pack_layout(&rootfs, &config, REFERENCE, &tarball)?;
     Ok(image)
 }
 

@@ -525,6 +525,7 @@ impl Stack {
             image,
             command,
             mounts: vec![(data.to_path_buf(), DATA_IN_CONTAINER.to_string())],
+            ..Default::default()
         };
         let id = cri.create_container(&p, &spec).map_err(|s| {
             anyhow::anyhow!("CreateContainer {}/{} {container}: {}", pod.namespace, pod.name, s.message())

@@ -145,6 +145,7 @@ fn bench_start() -> Result<()> {
                 image,
                 command: vec!["/bin/sleep".into(), "60".into()],
                 mounts: vec![(data, "/data".into())],
+                ..Default::default()
             };
             let t = Instant::now();
             let id = cri.create_container(&pod, &ctr).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
@@ -225,6 +226,7 @@ fn bench_reconcile() -> Result<()> {
                             image: image.clone(),
                             command: vec!["/bin/sleep".into(), "3600".into()],
                             mounts: vec![(data.clone(), "/data".into())],
+                            ..Default::default()
                         };
                         let id = cri.create_container(&pod, &ctr).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
                         cri.start_container(&id)?;
