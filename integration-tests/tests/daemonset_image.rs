@@ -1,42 +1,33 @@
 //! `deploy/`'s image, built here as `deploy/Dockerfile` builds it (no Docker
-//! engine, no registry), and the DaemonSet's `install-hook` init container
-//! run from it on real containerd with exactly the security context the
-//! manifest gives it.
+//! engine, no registry), and the DaemonSet's containers run from it on real
+//! containerd as the kubelet would run them (testbed's `kubelet` stand-in):
+//! with exactly the privileges the manifest gives them, then with one less
+//! to show each is needed.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use iogate_testbed::containerd_daemon::Version;
-use iogate_testbed::cri_client::{ContainerSpec, Security};
+use iogate_testbed::cri_client::ContainerSpec;
 use iogate_testbed::host_lock::HostLock;
 use iogate_testbed::iogate_image::{self, build_iogate_image, IogateImage, Profile};
+use iogate_testbed::kubelet::{DaemonSetPod, NodeFiles};
 use iogate_testbed::oci_image::layer_paths;
 use iogate_testbed::repo_root;
+use iogate_testbed::sidecar::http_get;
 use iogate_testbed::stack::{Stack, StackOptions};
-use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Container, PodSpec, SecurityContext};
-
-fn daemonset() -> Result<DaemonSet> {
-    let path = repo_root().join("deploy/daemonset.yaml");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    serde_yaml::from_str(&text).with_context(|| format!("{} is not a DaemonSet", path.display()))
-}
-
-fn pod_spec(ds: &DaemonSet) -> Result<&PodSpec> {
-    ds.spec.as_ref().and_then(|s| s.template.spec.as_ref()).context("the DaemonSet has no pod template spec")
-}
-
-/// Every container, init containers first.
-fn containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
-    spec.init_containers.iter().flatten().chain(spec.containers.iter())
-}
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use serde_json::Value;
 
 /// The one image every container of the DaemonSet runs, which is the one
 /// the local build (and `make image`) names.
 fn image_reference(spec: &PodSpec) -> Result<String> {
-    let images: std::collections::BTreeSet<_> = containers(spec).filter_map(|c| c.image.clone()).collect();
+    let images: std::collections::BTreeSet<_> =
+        spec.init_containers.iter().flatten().chain(&spec.containers).filter_map(|c| c.image.clone()).collect();
     let want = iogate_image::REFERENCE;
     ensure!(
         images.len() == 1 && images.contains(want),
@@ -47,52 +38,6 @@ fn image_reference(spec: &PodSpec) -> Result<String> {
 
 fn build(dir: &Path, spec: &PodSpec) -> Result<IogateImage> {
     build_iogate_image(dir, Profile::Debug, &image_reference(spec)?)
-}
-
-/// What the kubelet passes to the CRI for a container's security context
-/// (the pod's seccomp profile applying where the container sets none).
-/// A field this does not translate is an error, never dropped.
-fn security(pod: &PodSpec, c: &Container) -> Result<Security> {
-    let sc = c.security_context.clone().unwrap_or_default();
-    let SecurityContext {
-        allow_privilege_escalation,
-        capabilities,
-        read_only_root_filesystem,
-        run_as_user,
-        run_as_non_root,
-        seccomp_profile,
-        ..
-    } = sc.clone();
-    let handled = SecurityContext {
-        allow_privilege_escalation,
-        capabilities: capabilities.clone(),
-        read_only_root_filesystem,
-        run_as_user,
-        run_as_non_root,
-        seccomp_profile: seccomp_profile.clone(),
-        ..Default::default()
-    };
-    ensure!(handled == sc, "container {}: securityContext fields this test does not translate: {sc:?}", c.name);
-    if run_as_non_root == Some(true) {
-        bail!("container {}: runAsNonRoot true, which the kubelet checks against the image's user", c.name);
-    }
-    let seccomp = seccomp_profile
-        .or_else(|| pod.security_context.as_ref().and_then(|p| p.seccomp_profile.clone()))
-        .map(|p| p.type_);
-    let seccomp_runtime_default = match seccomp.as_deref() {
-        None | Some("Unconfined") => false,
-        Some("RuntimeDefault") => true,
-        Some(other) => bail!("container {}: seccomp profile {other} is not translated", c.name),
-    };
-    let caps = capabilities.unwrap_or_default();
-    Ok(Security {
-        run_as_user,
-        readonly_rootfs: read_only_root_filesystem.unwrap_or(false),
-        no_new_privs: allow_privilege_escalation == Some(false),
-        add_capabilities: caps.add.unwrap_or_default(),
-        drop_capabilities: caps.drop.unwrap_or_default(),
-        seccomp_runtime_default,
-    })
 }
 
 /// The shell builtins install-hook's script may use; anything else it runs
@@ -184,8 +129,8 @@ fn daemonset_image_dockerfile_stages_the_root_the_local_build_packs() -> Result<
 #[test]
 fn daemonset_image_holds_and_runs_what_each_container_runs() -> Result<()> {
     iogate_testbed::require_root();
-    let ds = daemonset()?;
-    let spec = pod_spec(&ds)?;
+    let ds = DaemonSetPod::from_repo()?;
+    let spec = ds.spec()?;
     let dir = tempfile::tempdir()?;
     let image = build(dir.path(), spec)?;
 
@@ -196,7 +141,7 @@ fn daemonset_image_holds_and_runs_what_each_container_runs() -> Result<()> {
     ensure!(packed == staged, "the layer differs from the staged root:\nlayer {packed:?}\nroot {staged:?}");
     eprintln!("{} files in {}: {packed:?}", packed.len(), image.reference);
 
-    for c in containers(spec) {
+    for c in ds.containers()? {
         for program in programs(c)? {
             let path = image.rootfs.join(program.trim_start_matches('/'));
             ensure!(path.exists(), "container {} runs {program}, which the image lacks", c.name);
@@ -220,78 +165,69 @@ fn daemonset_image_holds_and_runs_what_each_container_runs() -> Result<()> {
     Ok(())
 }
 
-/// The host directory the manifest mounts at `mount`, in the test: a
-/// directory of its own, root-owned as /opt/iogate/bin is.
-fn host_dir_for(c: &Container, volume: &str) -> Result<String> {
-    let mount = c
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|m| m.name == volume)
-        .with_context(|| format!("container {} mounts no volume {volume}", c.name))?;
-    Ok(mount.mount_path.clone())
-}
-
-/// The init container run as the kubelet would run it: its command, its
-/// mount (on `host`, a directory of this test's, root-owned and 0755 as
-/// /opt/iogate/bin is), its security context. Returns its exit code and log.
-fn run_install_hook(
-    stack: &mut Stack,
-    image: &IogateImage,
-    c: &Container,
-    security: Security,
-    host: &Path,
-) -> Result<(i32, String)> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(host, std::fs::Permissions::from_mode(0o755))?;
-    let mount_path = host_dir_for(c, "hook-dir")?;
-    let name =
-        format!("install-hook-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
-    let pod = stack.pod_spec("iogate-system", &name, &[]);
+/// Runs `spec` in a pod of the DaemonSet's (its labels, annotations,
+/// `hostPID`) until it exits; returns its exit code and log.
+fn run_to_exit(stack: &mut Stack, ds: &DaemonSetPod, spec: &ContainerSpec) -> Result<(i32, String)> {
+    let name = format!("{}-{}", ds.pod_name(), unique());
+    let pod = ds.sandbox(stack.pod_spec(&ds.namespace, &name, &[]))?;
     let cri = stack.cri();
     let p = cri.run_pod(&pod)?;
-    let spec = ContainerSpec {
-        name: c.name.clone(),
-        image: image.reference.clone(),
-        command: c.command.clone().unwrap_or_default(),
-        mounts: vec![(host.to_path_buf(), mount_path)],
-        security,
-    };
-    let id =
-        cri.create_container(&p, &spec).map_err(|s| anyhow::anyhow!("CreateContainer {}: {}", c.name, s.message()))?;
+    let id = cri
+        .create_container(&p, spec)
+        .map_err(|s| anyhow::anyhow!("CreateContainer {}: {}", spec.name, s.message()))?;
     cri.start_container(&id)?;
     let code = cri.wait_exit(&id, Duration::from_secs(30))?;
-    let log = cri.logs(&p, &c.name);
+    let log = cri.logs(&p, &spec.name);
     cri.remove_pod(&p)?;
     Ok((code, log))
+}
+
+fn unique() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
+}
+
+/// A node whose `/opt/iogate/bin` is `hook_dir`, root-owned and 0755 as
+/// the real one is.
+fn node_with_hook_dir(hook_dir: &Path, scratch: &Path) -> Result<NodeFiles> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(hook_dir, std::fs::Permissions::from_mode(0o755))?;
+    Ok(NodeFiles {
+        node_name: std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_string(),
+        host_paths: HashMap::from([("/opt/iogate/bin".to_string(), hook_dir.to_path_buf())]),
+        config_maps: HashMap::new(),
+        scratch: scratch.to_path_buf(),
+    })
+}
+
+fn start_stack(lock: &HostLock, version: Version, image: &IogateImage) -> Result<Stack> {
+    let mut stack = Stack::start(lock, StackOptions::external(version, "[defaults]\nread-iops = 1000\n"))?;
+    stack.containerd().import_image(&image.tarball, &image.reference)?;
+    stack.cri().wait_for_image(&image.reference, Duration::from_secs(30))?;
+    Ok(stack)
 }
 
 fn install_hook_on_containerd(version: Version) -> Result<()> {
     iogate_testbed::require_root();
     let lock = HostLock::acquire()?;
-    let ds = daemonset()?;
-    let spec = pod_spec(&ds)?;
-    let init = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .find(|c| c.name == "install-hook")
-        .context("the DaemonSet has no install-hook init container")?;
-    let declared = security(spec, init)?;
-    ensure!(
-        declared.readonly_rootfs && declared.no_new_privs && declared.drop_capabilities == ["ALL"],
-        "install-hook's manifest promises a read-only root, no privilege escalation and no capabilities; found {declared:?}"
-    );
+    let ds = DaemonSetPod::from_repo()?;
     let dir = tempfile::tempdir()?;
-    let image = build(dir.path(), spec)?;
-    let mut stack = Stack::start(&lock, StackOptions::external(version, "[defaults]\nread-iops = 1000\n"))?;
-    stack.containerd().import_image(&image.tarball, &image.reference)?;
-    stack.cri().wait_for_image(&image.reference, Duration::from_secs(30))?;
+    let image = build(dir.path(), ds.spec()?)?;
+    let mut stack = start_stack(&lock, version, &image)?;
 
     // With exactly its declared privileges: the hook lands on the host,
     // whole, executable, the image's own bytes.
     let host = tempfile::tempdir()?;
-    let (code, log) = run_install_hook(&mut stack, &image, init, declared.clone(), host.path())?;
+    let node = node_with_hook_dir(host.path(), dir.path())?;
+    let declared = ds.container_spec("install-hook", &image.reference, &node)?;
+    ensure!(
+        declared.security.readonly_rootfs
+            && declared.security.no_new_privs
+            && declared.security.drop_capabilities == ["ALL"]
+            && declared.security.add_capabilities.is_empty(),
+        "install-hook's manifest promises a read-only root, no privilege escalation and no capabilities; found {:?}",
+        declared.security
+    );
+    let (code, log) = run_to_exit(&mut stack, &ds, &declared)?;
     let installed = host.path().join("iogate-oci-hook");
     ensure!(code == 0, "install-hook exited {code}: {log}");
     ensure!(log.contains("installed /opt/iogate/bin/iogate-oci-hook"), "install-hook's log: {log}");
@@ -305,9 +241,11 @@ fn install_hook_on_containerd(version: Version) -> Result<()> {
 
     // The one privilege it keeps, uid 0, is needed: as another user the
     // root-owned host directory refuses the copy.
-    let as_user = Security { run_as_user: Some(65534), ..declared.clone() };
     let host = tempfile::tempdir()?;
-    let (code, log) = run_install_hook(&mut stack, &image, init, as_user, host.path())?;
+    let node = node_with_hook_dir(host.path(), dir.path())?;
+    let mut as_user = ds.container_spec("install-hook", &image.reference, &node)?;
+    as_user.security.run_as_user = Some(65534);
+    let (code, log) = run_to_exit(&mut stack, &ds, &as_user)?;
     let landed = host.path().join("iogate-oci-hook").exists();
     ensure!(
         code != 0 && !landed,
@@ -315,6 +253,95 @@ fn install_hook_on_containerd(version: Version) -> Result<()> {
     );
     ensure!(log.contains("Permission denied"), "expected a permission error as uid 65534, found: {log}");
     stack.finish()
+}
+
+/// The sidecar's `/readyz` once its first window exists, with `spec`.
+fn sidecar_readyz(stack: &mut Stack, ds: &DaemonSetPod, spec: &ContainerSpec) -> Result<(Value, String)> {
+    let name = format!("{}-{}", ds.pod_name(), unique());
+    let pod = ds.sandbox(stack.pod_spec(&ds.namespace, &name, &[]))?;
+    let listen = listen_addr(spec)?;
+    let cri = stack.cri();
+    let p = cri.run_pod(&pod)?;
+    let result = (|| -> Result<Value> {
+        let id = cri
+            .create_container(&p, spec)
+            .map_err(|s| anyhow::anyhow!("CreateContainer {}: {}", spec.name, s.message()))?;
+        cri.start_container(&id)?;
+        // The readiness probe's schedule, from the manifest: ready within
+        // initialDelaySeconds + failureThreshold × periodSeconds.
+        let deadline = Instant::now() + Duration::from_secs(35);
+        loop {
+            if let Ok((200, body)) = http_get(listen, "/readyz") {
+                return Ok(serde_json::from_str(&body)?);
+            }
+            ensure!(Instant::now() < deadline, "the sidecar was not ready at {listen}/readyz within 35 s");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })();
+    let log = cri.logs(&p, &spec.name);
+    cri.remove_pod(&p)?;
+    Ok((result.with_context(|| format!("sidecar log:\n{log}"))?, log))
+}
+
+/// Where the sidecar listens, from its `--listen` (the pod shares the
+/// host's network here: see NodeFiles).
+fn listen_addr(spec: &ContainerSpec) -> Result<SocketAddr> {
+    let at = spec.command.iter().position(|a| a == "--listen").context("the sidecar's args give no --listen")?;
+    let addr: SocketAddr = spec.command.get(at + 1).context("--listen without an address")?.parse()?;
+    Ok(SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port()))
+}
+
+fn sidecar_on_containerd(version: Version) -> Result<()> {
+    iogate_testbed::require_root();
+    let lock = HostLock::acquire()?;
+    let ds = DaemonSetPod::from_repo()?;
+    let dir = tempfile::tempdir()?;
+    let image = build(dir.path(), ds.spec()?)?;
+    let mut stack = start_stack(&lock, version, &image)?;
+    let node = NodeFiles {
+        node_name: std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_string(),
+        host_paths: HashMap::new(),
+        config_maps: HashMap::new(),
+        scratch: dir.path().to_path_buf(),
+    };
+    let declared = ds.container_spec("metrics-sidecar", &image.reference, &node)?;
+    ensure!(
+        declared.security.add_capabilities == ["BPF", "PERFMON"]
+            && declared.security.drop_capabilities == ["ALL"]
+            && declared.security.seccomp_runtime_default
+            && declared.security.readonly_rootfs,
+        "the manifest promises BPF and PERFMON only, RuntimeDefault seccomp and a read-only root; found {:?}",
+        declared.security
+    );
+    // Its declared privileges are enough: the eBPF program loads under the
+    // runtime's default seccomp profile, from a read-only root.
+    let (ready, _) = sidecar_readyz(&mut stack, &ds, &declared)?;
+    ensure!(ready["source"] == "ebpf", "with BPF and PERFMON the sidecar should measure with eBPF; /readyz: {ready}");
+    eprintln!("containerd {version:?}, declared privileges: /readyz {ready}");
+
+    // And each is needed: without either, no eBPF (the sidecar says why).
+    for cap in &declared.security.add_capabilities {
+        let mut without = declared.clone();
+        without.security.add_capabilities.retain(|c| c != cap);
+        let (ready, log) = sidecar_readyz(&mut stack, &ds, &without)?;
+        let refused = ready["degraded"].as_str().is_some_and(|d| d.contains("Operation not permitted"));
+        ensure!(
+            ready["source"] != "ebpf" && refused,
+            "without {cap} the sidecar should not load its eBPF program and should say so; /readyz: {ready}\nlog: {log}"
+        );
+        eprintln!("containerd {version:?}, without {cap}: /readyz {ready}");
+    }
+    stack.finish()
+}
+
+#[test]
+fn daemonset_sidecar_loads_ebpf_with_bpf_and_perfmon_only_on_containerd_2_1() -> Result<()> {
+    sidecar_on_containerd(Version::V2_1)
+}
+
+#[test]
+fn daemonset_sidecar_loads_ebpf_with_bpf_and_perfmon_only_on_containerd_1_7() -> Result<()> {
+    sidecar_on_containerd(Version::V1_7)
 }
 
 #[test]

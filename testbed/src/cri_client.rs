@@ -26,8 +26,12 @@ pub struct PodSpec {
     pub namespace: String,
     pub uid: String,
     pub annotations: HashMap<String, String>,
+    pub labels: HashMap<String, String>,
     /// cgroupfs parent, e.g. `/iogate-e2e-123/pod<uid>`.
     pub cgroup_parent: String,
+    /// `hostPID: true`: the pod and its containers in the host's PID
+    /// namespace.
+    pub host_pid: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -43,7 +47,22 @@ pub struct ContainerSpec {
     pub command: Vec<String>,
     /// host path → container path, read-write.
     pub mounts: Vec<(PathBuf, String)>,
+    /// Mounts with more than a read-write bind (a pod spec's volumes).
+    pub volume_mounts: Vec<Mount>,
+    pub env: Vec<(String, String)>,
     pub security: Security,
+    pub memory_limit_bytes: Option<i64>,
+    pub cpu_shares: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mount {
+    pub host: PathBuf,
+    pub container: String,
+    pub readonly: bool,
+    /// `mountPropagation: HostToContainer` (rslave): mounts made on the host
+    /// later appear inside.
+    pub host_to_container: bool,
 }
 
 /// A container's security context, in the terms the kubelet passes to the
@@ -64,7 +83,7 @@ pub struct Security {
 }
 
 impl Security {
-    fn to_cri(&self) -> cri::LinuxContainerSecurityContext {
+    fn to_cri(&self, host_pid: bool) -> cri::LinuxContainerSecurityContext {
         let capabilities =
             (!self.add_capabilities.is_empty() || !self.drop_capabilities.is_empty()).then(|| cri::Capability {
                 add_capabilities: self.add_capabilities.clone(),
@@ -72,7 +91,7 @@ impl Security {
                 ..Default::default()
             });
         cri::LinuxContainerSecurityContext {
-            namespace_options: Some(host_network()),
+            namespace_options: Some(host_network(host_pid)),
             capabilities,
             run_as_user: self.run_as_user.map(|value| cri::Int64Value { value }),
             readonly_rootfs: self.readonly_rootfs,
@@ -146,10 +165,11 @@ impl Cri {
             }),
             log_directory: log_dir.display().to_string(),
             annotations: spec.annotations.clone(),
+            labels: spec.labels.clone(),
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: spec.cgroup_parent.clone(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(host_network()),
+                    namespace_options: Some(host_network(spec.host_pid)),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -173,19 +193,40 @@ impl Cri {
             metadata: Some(cri::ContainerMetadata { name: spec.name.clone(), attempt: 0 }),
             image: Some(cri::ImageSpec { image: spec.image.clone(), ..Default::default() }),
             command: spec.command.clone(),
-            mounts: spec
-                .mounts
+            mounts: (spec.mounts.iter().map(|(host, container)| Mount {
+                host: host.clone(),
+                container: container.clone(),
+                readonly: false,
+                host_to_container: false,
+            }))
+            .chain(spec.volume_mounts.iter().cloned())
+            .map(|m| cri::Mount {
+                container_path: m.container,
+                host_path: m.host.display().to_string(),
+                readonly: m.readonly,
+                propagation: if m.host_to_container {
+                    cri::MountPropagation::PropagationHostToContainer as i32
+                } else {
+                    cri::MountPropagation::PropagationPrivate as i32
+                },
+                ..Default::default()
+            })
+            .collect(),
+            envs: spec
+                .env
                 .iter()
-                .map(|(host, ctr)| cri::Mount {
-                    container_path: ctr.clone(),
-                    host_path: host.display().to_string(),
-                    ..Default::default()
-                })
+                .map(|(key, value)| cri::KeyValue { key: key.clone(), value: value.clone() })
                 .collect(),
             log_path: format!("{}.log", spec.name),
             linux: Some(cri::LinuxContainerConfig {
-                security_context: Some(spec.security.to_cri()),
-                ..Default::default()
+                security_context: Some(spec.security.to_cri(host_pid(&pod.config))),
+                resources: (spec.memory_limit_bytes.is_some() || spec.cpu_shares.is_some()).then(|| {
+                    cri::LinuxContainerResources {
+                        memory_limit_in_bytes: spec.memory_limit_bytes.unwrap_or(0),
+                        cpu_shares: spec.cpu_shares.unwrap_or(0),
+                        ..Default::default()
+                    }
+                }),
             }),
             ..Default::default()
         };
@@ -273,10 +314,23 @@ impl Cri {
     }
 }
 
-fn host_network() -> cri::NamespaceOption {
+/// Whether a pod sandbox shares the host's PID namespace: its containers
+/// must say the same, as the kubelet makes them.
+fn host_pid(sandbox: &cri::PodSandboxConfig) -> bool {
+    let pid = sandbox
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .map(|n| n.pid);
+    pid == Some(cri::NamespaceMode::Node as i32)
+}
+
+fn host_network(host_pid: bool) -> cri::NamespaceOption {
+    let pid = if host_pid { cri::NamespaceMode::Node } else { cri::NamespaceMode::Container };
     cri::NamespaceOption {
         network: cri::NamespaceMode::Node as i32,
-        pid: cri::NamespaceMode::Container as i32,
+        pid: pid as i32,
         ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()
     }

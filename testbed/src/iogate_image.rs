@@ -70,7 +70,7 @@ fn host_triple() -> Result<String> {
 fn build_static_hook(profile: Profile) -> Result<PathBuf> {
     let host = host_triple()?;
     let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cargo.current_dir(crate::repo_root()).args(["build", "--locked", "-p", HOOK, "--target", &host]);
+    cargo.current_dir(crate::repo_root()).args(["build", "-q", "--locked", "-p", HOOK, "--target", &host]);
     if let Profile::Release = profile {
         cargo.arg("--release");
     }

@@ -9,6 +9,7 @@ pub mod fio;
 pub mod host_io;
 pub mod host_lock;
 pub mod iogate_image;
+pub mod kubelet;
 pub mod loop_disk;
 pub mod oci_image;
 pub mod proc_stat;

@@ -505,6 +505,7 @@ impl Stack {
             cgroup_parent,
             uid,
             annotations: annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
+            ..Default::default()
         }
     }
 
