@@ -12,14 +12,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use iogate_testbed::containerd_daemon::Version;
-use iogate_testbed::cri_client::ContainerSpec;
+use iogate_testbed::cri_client::{ContainerSpec, Mount};
+use iogate_testbed::fio::{Job, Rw};
 use iogate_testbed::host_lock::HostLock;
 use iogate_testbed::iogate_image::{self, build_iogate_image, IogateImage, Profile};
 use iogate_testbed::kubelet::{DaemonSetPod, NodeFiles};
 use iogate_testbed::oci_image::layer_paths;
 use iogate_testbed::repo_root;
 use iogate_testbed::sidecar::http_get;
-use iogate_testbed::stack::{Stack, StackOptions};
+use iogate_testbed::stack::{Stack, StackOptions, DATA_IN_CONTAINER};
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use serde_json::Value;
 
@@ -255,14 +256,21 @@ fn install_hook_on_containerd(version: Version) -> Result<()> {
     stack.finish()
 }
 
-/// The sidecar's `/readyz` once its first window exists, with `spec`.
-fn sidecar_readyz(stack: &mut Stack, ds: &DaemonSetPod, spec: &ContainerSpec) -> Result<(Value, String)> {
+/// The sidecar's `/readyz` once its first window exists, with `spec`, and
+/// its log; with `tenant` (a pod UID), also the `/metrics` lines of that
+/// pod's reads once they appear.
+fn sidecar_readyz(
+    stack: &mut Stack,
+    ds: &DaemonSetPod,
+    spec: &ContainerSpec,
+    tenant: Option<&str>,
+) -> Result<(Value, String, String)> {
     let name = format!("{}-{}", ds.pod_name(), unique());
     let pod = ds.sandbox(stack.pod_spec(&ds.namespace, &name, &[]))?;
     let listen = listen_addr(spec)?;
     let cri = stack.cri();
     let p = cri.run_pod(&pod)?;
-    let result = (|| -> Result<Value> {
+    let result = (|| -> Result<(Value, String)> {
         let id = cri
             .create_container(&p, spec)
             .map_err(|s| anyhow::anyhow!("CreateContainer {}: {}", spec.name, s.message()))?;
@@ -270,17 +278,37 @@ fn sidecar_readyz(stack: &mut Stack, ds: &DaemonSetPod, spec: &ContainerSpec) ->
         // The readiness probe's schedule, from the manifest: ready within
         // initialDelaySeconds + failureThreshold × periodSeconds.
         let deadline = Instant::now() + Duration::from_secs(35);
-        loop {
+        let ready: Value = loop {
             if let Ok((200, body)) = http_get(listen, "/readyz") {
-                return Ok(serde_json::from_str(&body)?);
+                break serde_json::from_str(&body)?;
             }
             ensure!(Instant::now() < deadline, "the sidecar was not ready at {listen}/readyz within 35 s");
             std::thread::sleep(Duration::from_millis(500));
+        };
+        let Some(uid) = tenant else { return Ok((ready, String::new())) };
+        // Two windows (--interval 5) at most.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (_, body) = http_get(listen, "/metrics")?;
+            let reads: Vec<&str> = body
+                .lines()
+                .filter(|l| {
+                    l.starts_with("iogate_io_requests_total{") && l.contains(uid) && l.contains("direction=\"read\"")
+                })
+                .collect();
+            let counted =
+                reads.iter().any(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 0.0));
+            if counted {
+                return Ok((ready, reads.join("\n")));
+            }
+            ensure!(Instant::now() < deadline, "/metrics shows no reads of tenant pod {uid} within 15 s:\n{body}");
+            std::thread::sleep(Duration::from_secs(1));
         }
     })();
     let log = cri.logs(&p, &spec.name);
     cri.remove_pod(&p)?;
-    Ok((result.with_context(|| format!("sidecar log:\n{log}"))?, log))
+    let (ready, metrics) = result.with_context(|| format!("sidecar log:\n{log}"))?;
+    Ok((ready, log, metrics))
 }
 
 /// Where the sidecar listens, from its `--listen` (the pod shares the
@@ -313,17 +341,55 @@ fn sidecar_on_containerd(version: Version) -> Result<()> {
         "the manifest promises BPF and PERFMON only, RuntimeDefault seccomp and a read-only root; found {:?}",
         declared.security
     );
+    // A tenant reading its disk for the whole run.
+    let data = stack.data_dir("tenant")?;
+    let job = Job::new("reader", Rw::RandRead, 120);
+    job.prepare(&data)?;
+    let tenant_pod = stack.pod_spec("shop", "tenant-0", &[]);
+    let tenant = stack.run(&tenant_pod, "reader", job.command(DATA_IN_CONTAINER), &data)?;
+
     // Its declared privileges are enough: the eBPF program loads under the
-    // runtime's default seccomp profile, from a read-only root.
-    let (ready, _) = sidecar_readyz(&mut stack, &ds, &declared)?;
+    // runtime's default seccomp profile, from a read-only root, and through
+    // its read-only host mounts it finds the tenant's cgroup and disk.
+    let (ready, _, metrics) = sidecar_readyz(&mut stack, &ds, &declared, Some(&tenant_pod.uid))?;
     ensure!(ready["source"] == "ebpf", "with BPF and PERFMON the sidecar should measure with eBPF; /readyz: {ready}");
-    eprintln!("containerd {version:?}, declared privileges: /readyz {ready}");
+    eprintln!("containerd {version:?}, declared privileges: /readyz {ready}\n{metrics}");
+
+    // The data disk is a loop device whose backing file is outside the
+    // sidecar's mounts: it cannot know the disk below, and says so, since
+    // the tenant's requests are then counted on both.
+    let loop_device = stack.device;
+    let backing = std::fs::read_to_string(format!("/sys/dev/block/{loop_device}/loop/backing_file"))
+        .with_context(|| format!("expected the data disk {loop_device} to be a loop device"))?;
+    let backing = Path::new(backing.trim());
+    let names = |ready: &Value| {
+        ready["stacking_unresolved"].as_array().is_some_and(|u| {
+            u.iter().any(|s| s.as_str().is_some_and(|s| s.contains(&format!("loop device {loop_device}:"))))
+        })
+    };
+    ensure!(names(&ready), "expected /readyz to name {loop_device}, whose backing file it cannot see; found {ready}");
+    // The remedy it gives: the file's directory, read-only, at its path.
+    let mut remedied = declared.clone();
+    let dir_of_file = backing.parent().context("a backing file in a directory")?;
+    remedied.volume_mounts.push(Mount {
+        host: dir_of_file.to_path_buf(),
+        container: dir_of_file.display().to_string(),
+        readonly: true,
+        host_to_container: false,
+    });
+    let (ready, _, metrics) = sidecar_readyz(&mut stack, &ds, &remedied, Some(&tenant_pod.uid))?;
+    let off_loop: Vec<&str> = metrics.lines().filter(|l| !l.contains(&format!("device=\"{loop_device}\""))).collect();
+    ensure!(
+        !names(&ready) && off_loop.is_empty(),
+        "with {} mounted the tenant's reads should count on {loop_device} only; /readyz {ready}, reads elsewhere {off_loop:?}",
+        dir_of_file.display()
+    );
 
     // And each is needed: without either, no eBPF (the sidecar says why).
     for cap in &declared.security.add_capabilities {
         let mut without = declared.clone();
         without.security.add_capabilities.retain(|c| c != cap);
-        let (ready, log) = sidecar_readyz(&mut stack, &ds, &without)?;
+        let (ready, log, _) = sidecar_readyz(&mut stack, &ds, &without, None)?;
         let refused = ready["degraded"].as_str().is_some_and(|d| d.contains("Operation not permitted"));
         ensure!(
             ready["source"] != "ebpf" && refused,
@@ -331,6 +397,7 @@ fn sidecar_on_containerd(version: Version) -> Result<()> {
         );
         eprintln!("containerd {version:?}, without {cap}: /readyz {ready}");
     }
+    stack.cri().remove_pod(&tenant.pod)?;
     stack.finish()
 }
 

@@ -296,6 +296,11 @@ pub struct ReadyResponse {
     /// Why not, where they are not.
     #[serde(default)]
     pub throttle_wait_unavailable: Option<String>,
+    /// Loop devices whose backing file the sidecar cannot see, each with
+    /// what that costs (their pods' requests counted on the disk below
+    /// too) and the remedy; empty where every stacked device is known.
+    #[serde(default)]
+    pub stacking_unresolved: Vec<String>,
 }
 
 /// Where pod names come from.

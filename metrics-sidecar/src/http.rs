@@ -180,6 +180,7 @@ async fn ready(State(shared): State<Arc<SidecarState>>) -> Response {
         throttle_wait_unavailable: shared.throttle_wait_error.clone(),
         io_pressure_available: shared.io_pressure_error.is_none(),
         io_pressure_unavailable: shared.io_pressure_error.clone(),
+        stacking_unresolved: shared.read().stacking_unresolved.clone(),
     };
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()

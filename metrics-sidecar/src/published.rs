@@ -17,4 +17,6 @@ pub struct Published {
     pub assessed: Vec<Assessed>,
     pub window_seconds: f64,
     pub at: Option<Instant>,
+    /// Loop devices whose lower disk is unknown here, said in `/readyz`.
+    pub stacking_unresolved: Vec<String>,
 }

@@ -1,6 +1,6 @@
 //! One tick of the pipeline: snapshot → frame → window → judged metrics.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -13,7 +13,7 @@ use crate::frame::Frame;
 use crate::history::History;
 use crate::published::Published;
 use crate::report::assess;
-use crate::stacking::Stacking;
+use crate::stacking::{Stacking, UnresolvedLoop};
 use crate::window::Window;
 
 pub struct Sampler {
@@ -25,11 +25,20 @@ pub struct Sampler {
     /// yet learnt of a newborn cgroup leaves it unknown for one tick, so
     /// counters are dropped only when a second tick still cannot name it.
     unknown_last_tick: BTreeSet<CgroupId>,
+    /// Unresolved loop devices already warned of, so the log says each once.
+    warned: HashSet<UnresolvedLoop>,
 }
 
 impl Sampler {
     pub fn new(source: Box<dyn CounterSource>, network: NetworkMajors) -> Sampler {
-        Sampler { source, previous: None, history: History::default(), network, unknown_last_tick: BTreeSet::new() }
+        Sampler {
+            source,
+            previous: None,
+            history: History::default(),
+            network,
+            unknown_last_tick: BTreeSet::new(),
+            warned: HashSet::new(),
+        }
     }
 
     pub fn tick(&mut self, who: &mut dyn Attribution) -> anyhow::Result<Published> {
@@ -39,6 +48,11 @@ impl Sampler {
         let mut frame = Frame::attribute(snapshot, SystemTime::now(), who);
         frame.throttle_wait = self.source.throttle_wait().is_ok();
         let stacking = Stacking::load();
+        for u in stacking.unresolved() {
+            if self.warned.insert(u.clone()) {
+                tracing::warn!("{u}");
+            }
+        }
         frame.mark_layers(&stacking);
         let (assessed, window_seconds) = match &self.previous {
             Some(previous) => {
@@ -62,7 +76,8 @@ impl Sampler {
         // one frame, shared.
         let frame = Arc::new(frame);
         self.previous = Some(frame.clone());
-        Ok(Published { frame: Some(frame), assessed, window_seconds, at: Some(at) })
+        let stacking_unresolved = stacking.unresolved().iter().map(ToString::to_string).collect();
+        Ok(Published { frame: Some(frame), assessed, window_seconds, at: Some(at), stacking_unresolved })
     }
 }
 

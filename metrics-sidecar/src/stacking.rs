@@ -17,6 +17,28 @@ use iogate_core::Device;
 #[derive(Debug, Clone, Default)]
 pub struct Stacking {
     lower: HashMap<Device, HashSet<Device>>,
+    unresolved: Vec<UnresolvedLoop>,
+}
+
+/// A loop device whose backing file this process cannot see (a container
+/// whose mounts do not include it): the disk below it is unknown, so its
+/// requests are counted on both layers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UnresolvedLoop {
+    pub device: Device,
+    pub backing_file: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for UnresolvedLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "loop device {}: its backing file {} is not visible here ({}), so the disk below is unknown and a pod's \
+             requests to it are counted on that disk too; mount the file's directory read-only at the same path",
+            self.device, self.backing_file, self.reason
+        )
+    }
 }
 
 impl Stacking {
@@ -25,6 +47,7 @@ impl Stacking {
     /// skipped (loop devices come and go).
     pub fn scan(dir: &Path, resolver: &DeviceResolver) -> Stacking {
         let mut lower: HashMap<Device, HashSet<Device>> = HashMap::new();
+        let mut unresolved = Vec::new();
         let Ok(entries) = std::fs::read_dir(dir) else {
             return Stacking::default();
         };
@@ -34,8 +57,15 @@ impl Stacking {
             let below = lower.entry(upper).or_default();
             if let Ok(backing) = std::fs::read_to_string(path.join("loop/backing_file")) {
                 let file = backing.trim_end().trim_end_matches(" (deleted)");
-                if let Ok(dev) = resolver.resolve_mount(Path::new(file)) {
-                    below.insert(dev);
+                match resolver.resolve_mount(Path::new(file)) {
+                    Ok(dev) => {
+                        below.insert(dev);
+                    }
+                    Err(e) => unresolved.push(UnresolvedLoop {
+                        device: upper,
+                        backing_file: file.to_string(),
+                        reason: e.to_string(),
+                    }),
                 }
             }
             for slave in std::fs::read_dir(path.join("slaves")).into_iter().flatten().flatten() {
@@ -46,7 +76,13 @@ impl Stacking {
                 lower.remove(&upper);
             }
         }
-        Stacking { lower }
+        unresolved.sort_by_key(|u| u.device);
+        Stacking { lower, unresolved }
+    }
+
+    /// The loop devices whose lower disk is unknown here.
+    pub fn unresolved(&self) -> &[UnresolvedLoop] {
+        &self.unresolved
     }
 
     pub fn load() -> Stacking {
@@ -75,7 +111,7 @@ impl Stacking {
         for &(upper, below) in pairs {
             lower.entry(upper).or_default().insert(below);
         }
-        Stacking { lower }
+        Stacking { lower, unresolved: Vec::new() }
     }
 }
 
@@ -133,5 +169,21 @@ mod tests {
             .unwrap_or_else(|e| panic!("expected the checkout {} to be on a block device: {e}", src.display()));
         let s = Stacking::scan(&sys.path().join("block"), &resolver);
         assert_eq!(s.is_below_any(disk, &[Device::new(7, 9)]), Some(Device::new(7, 9)));
+        assert!(s.unresolved().is_empty());
+    }
+
+    #[test]
+    fn a_loop_device_whose_backing_file_is_out_of_sight_is_named() {
+        let sys = tempfile::tempdir().unwrap();
+        let lo = sys.path().join("block/loop3");
+        std::fs::create_dir_all(lo.join("loop")).unwrap();
+        std::fs::write(lo.join("dev"), "7:3\n").unwrap();
+        let hidden = sys.path().join("not-mounted-here/disk.img");
+        std::fs::write(lo.join("loop/backing_file"), format!("{}\n", hidden.display())).unwrap();
+        let s = Stacking::scan(&sys.path().join("block"), &DeviceResolver::default());
+        let [u] = s.unresolved() else { panic!("expected one unresolved loop device, found {:?}", s.unresolved()) };
+        assert_eq!((u.device, u.backing_file.as_str()), (Device::new(7, 3), hidden.to_str().unwrap()));
+        let said = u.to_string();
+        assert!(said.contains("loop device 7:3") && said.contains("counted on that disk too"), "{said}");
     }
 }
